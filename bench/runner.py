@@ -1,0 +1,349 @@
+"""One run of a scenario: plant, protocols and controller wired together on the bench's clock.
+
+This module owns the order of things in a run. It starts the site meter (Modbus TCP on
+loopback), the controller (in-process behind :class:`controllers.host.ControllerHost`, or an
+external CSMS by URL), one OCPP station emulator per scenario station, then steps the physics
+every ``clock.step`` simulated seconds: vehicles arrive and leave, stations offer currents from
+their profile engines, EVs draw, the site sums phases and the breaker heats. Every sample and
+every OCPP frame goes to the recorder as it happens; the verdict is computed from the trace
+afterwards (:func:`bench.report.judge`). Whatever goes wrong, the trace is closed and kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import random
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable
+
+from bench import clock as bench_clock
+from bench.clock import SimClock
+from bench.recorder import Recorder
+from bench.report import RunResult, judge
+from bench.scenario import Scenario, ScenarioError, find_scenario, load_scenario
+from bench.site import Breaker, Site, station_to_site
+from controllers.api import Controller, SiteConfig, StationConfig
+from controllers.host import ControllerHost
+from emulators.ev import EV, EVSpec
+from emulators.meter import MeterReading, MeterServer
+from emulators.ocpp16 import Station16
+from emulators.station import StationModel
+
+DEFAULT_SCENARIO = "workplace"
+DEFAULT_CONTROLLER = "equal_share"
+_FLUSH_EVERY_S = 60.0
+
+
+class ControllerError(ValueError):
+    """The controller named on the command line cannot be found or built."""
+
+
+@dataclass(frozen=True)
+class ControllerSpec:
+    """What ``--controller`` named: an in-process class, or the URL of an external CSMS."""
+
+    name: str
+    factory: Callable[[SiteConfig], Controller] | None = None
+    url: str | None = None
+
+    @property
+    def external(self) -> bool:
+        return self.url is not None
+
+
+def available_controllers() -> dict[str, str]:
+    """Controllers installed under the ``evbench.controllers`` entry point group: name → target."""
+    return {ep.name: ep.value for ep in entry_points(group="evbench.controllers")}
+
+
+def resolve_controller(text: str) -> ControllerSpec:
+    """``equal_share`` (an entry point), ``package.module:Class``, or ``ws://``/``wss://`` URL."""
+    if text.startswith(("ws://", "wss://")):
+        return ControllerSpec(text, url=text)
+    target = available_controllers().get(text, text)
+    if ":" not in target:
+        known = ", ".join(sorted(available_controllers()))
+        raise ControllerError(f"--controller: unknown controller {text!r}; expected one of {known}, "
+                              "module:Class or a ws:// URL")
+    module_name, _, class_name = target.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise ControllerError(f"--controller: cannot load {target!r}: {error}") from None
+    if not (isinstance(factory, type) and issubclass(factory, Controller)):
+        raise ControllerError(f"--controller: {target!r} is not a controllers.api.Controller subclass")
+    return ControllerSpec(text, factory=factory)
+
+
+def site_config(scenario: Scenario) -> SiteConfig:
+    """The installer's view of the site, which is all a controller is told."""
+    return SiteConfig(
+        limit_a=scenario.site.limit_a, phases=scenario.site.phases, voltage_v=scenario.site.voltage_v,
+        stations=tuple(StationConfig(s.id, s.max_current_a, s.phases, s.connectors) for s in scenario.stations),
+    )
+
+
+def _meta(scenario: Scenario, controller: str, seed: int, duration_s: float) -> dict:
+    return {
+        "scenario": scenario.name,
+        "scenario_path": str(scenario.source or ""),
+        "controller": controller,
+        "seed": seed,
+        "start_epoch": scenario.clock.start.timestamp(),
+        "duration_s": duration_s,
+        "step_s": scenario.clock.step_s,
+        "voltage_v": scenario.site.voltage_v,
+        "phases": scenario.site.phases,
+        "site_limit_a": scenario.site.limit_a,
+        "breaker_rating_a": scenario.site.breaker.rating_a,
+        "breaker_curve": scenario.site.breaker.curve,
+        "checks": scenario.checks.model_dump(),
+        "stations": [{"id": s.id, "ocpp": s.ocpp, "connectors": s.connectors, "max_current_a": s.max_current_a,
+                      "phases": s.phases, "rotation": s.rotation} for s in scenario.stations],
+    }
+
+
+class _Run:
+    """The live objects of one run; :meth:`execute` is the whole run."""
+
+    def __init__(self, scenario: Scenario, controller: ControllerSpec, recorder: Recorder, seed: int,
+                 duration_s: float, announce: Callable[[str], None]) -> None:
+        self.scenario = scenario
+        self.controller = controller
+        self.recorder = recorder
+        self.rng = random.Random(seed)
+        self.duration_s = duration_s
+        self.announce = announce
+        self.clock: SimClock | None = None
+        self.meter: MeterServer | None = None
+        self.host: ControllerHost | None = None
+        self.stations: dict[str, Station16] = {}
+        self.models: dict[str, StationModel] = {}
+        self.background: set[asyncio.Task] = set()
+        self.limit_a = scenario.site.limit_a
+        self.building_override_a: float | None = None
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    def _now(self) -> float:
+        assert self.clock is not None
+        return self.clock.now_s()
+
+    async def execute(self) -> None:
+        sc = self.scenario
+        loop = asyncio.get_running_loop()
+        self.clock = SimClock(loop, sc.clock.start.timestamp())
+        try:
+            meter_cfg = sc.site.meter
+            self.meter = MeterServer(host=meter_cfg.host, port=meter_cfg.port, device_id=meter_cfg.unit_id)
+            await self.meter.start()
+            if self.controller.external:
+                url = self.controller.url
+                self.announce(f"site meter: Modbus TCP {meter_cfg.host}:{self.meter.port} unit {meter_cfg.unit_id} "
+                              f"(SDM630 map); stations connect to {url}/<station id>")
+            else:
+                assert self.controller.factory is not None
+                instance = self.controller.factory(site_config(sc))
+                self.host = ControllerHost(instance, meter=(meter_cfg.host, self.meter.port, meter_cfg.unit_id),
+                                           now=self.clock.epoch)
+                url = await self.host.start()
+            for station in sc.stations:
+                self._add_station(station, url)
+            await self._physics()
+        except asyncio.CancelledError:
+            self.recorder.event(self._now(), "run_interrupted", None, {"reason": "cancelled"})
+            raise
+        finally:
+            await self._shutdown()
+
+    def _add_station(self, station: Any, url: str) -> None:
+        assert self.clock is not None
+        model = StationModel(station.id, station.connectors, station.max_current_a, station.phases,
+                             self.scenario.site.voltage_v)
+        sid = station.id
+
+        def record(direction: str, raw: str) -> None:
+            self.recorder.message(self._now(), sid, direction, raw)
+
+        def report(kind: str, detail: dict) -> None:
+            self.recorder.event(self._now(), kind, sid, detail)
+
+        emulator = Station16(model, url, self.clock, record, report,
+                             meter_value_interval_s=station.meter_value_interval_s,
+                             heartbeat_interval_s=station.heartbeat_interval_s)
+        self.models[sid] = model
+        self.stations[sid] = emulator
+        self._spawn(emulator.run())
+
+    async def _physics(self) -> None:
+        sc, rec, clock = self.scenario, self.recorder, self.clock
+        assert clock is not None and self.meter is not None
+        step_s = sc.clock.step_s
+        voltage_v = sc.site.voltage_v
+        site = Site(voltage_v, Breaker(sc.site.breaker.rating_a, sc.site.breaker.curve))
+        arrivals = sorted(sc.vehicles, key=lambda v: (v.arrival_s, v.id))
+        departures = sorted(sc.vehicles, key=lambda v: (v.departure_s, v.id))
+        events = list(sc.events)
+        plugged: dict[str, tuple[Any, EV]] = {}
+        full: set[str] = set()
+        rotations = {s.id: s.rotation for s in sc.stations}
+        start_epoch = clock.start_epoch
+        next_meter_s = 0.0
+        next_flush_s = _FLUSH_EVERY_S
+        steps = int(round(self.duration_s / step_s))
+        for k in range(steps):
+            t = k * step_s
+            await clock.sleep_until(t)
+            while events and events[0].at_s <= t:
+                self._apply_event(events.pop(0), t)
+            while departures and departures[0].departure_s <= t:
+                vehicle = departures.pop(0)
+                if vehicle.id in plugged:
+                    self._depart(vehicle, plugged.pop(vehicle.id)[1], t)
+            while arrivals and arrivals[0].arrival_s <= t:
+                vehicle = arrivals.pop(0)
+                if vehicle.departure_s > t:
+                    plugged[vehicle.id] = (vehicle, self._arrive(vehicle, t))
+            epoch = start_epoch + t
+            supplied = site.breaker.closed
+            phase_sums = []
+            for sid, model in self.models.items():
+                currents = model.step(epoch, t, step_s, supplied)
+                phase_sums.append(station_to_site(currents, rotations[sid]))
+                for port in model.ports.values():
+                    ev = port.ev
+                    if ev is None:
+                        continue
+                    rec.station(t, sid, port.id, port.limit_a, port.offered_a, port.currents_a, port.power_w,
+                                ev.energy_kwh, ev.soc, port.ev_id)
+                    if ev.done and port.ev_id not in full:
+                        full.add(port.ev_id)
+                        rec.event(t, "vehicle_full", sid, {"ev": port.ev_id, "energy_kwh": round(ev.energy_kwh, 3)})
+                        self._spawn(self.stations[sid].ev_full(port.id))
+            building_a = (self.building_override_a if self.building_override_a is not None
+                          else sc.site.building_load_at((start_epoch + t) % 86400))
+            sample = site.step(phase_sums, (building_a, building_a, building_a), step_s)
+            rec.site(t, sample.currents_a, self.limit_a, sample.power_w, building_a, sample.closed)
+            if sample.tripped_now:
+                rec.event(t, "breaker_trip", None, {"currents_a": [round(i, 1) for i in sample.currents_a],
+                                                    "reason": site.breaker.trip_reason,
+                                                    "rating_a": sc.site.breaker.rating_a})
+                rec.flush()
+            if t >= next_meter_s:
+                next_meter_s = t + sc.site.meter.update_interval_s
+                i1, i2, i3 = sample.currents_a
+                await self.meter.update(MeterReading(
+                    voltages_v=(voltage_v,) * 3 if sample.closed else (0.0, 0.0, 0.0), currents_a=(i1, i2, i3),
+                    power_w=(voltage_v * i1, voltage_v * i2, voltage_v * i3), import_kwh=site.energy_import_kwh))
+            if t >= next_flush_s:
+                next_flush_s = t + _FLUSH_EVERY_S
+                rec.flush()
+        await clock.sleep_until(steps * step_s)
+        for vehicle, ev in plugged.values():
+            self._record_vehicle(vehicle, ev, min(vehicle.departure_s, self.duration_s))
+
+    def _arrive(self, vehicle: Any, t: float) -> EV:
+        station = self.scenario.station(vehicle.station)
+        spec = EVSpec(battery_kwh=vehicle.battery_kwh, initial_soc=vehicle.initial_soc, target_soc=vehicle.target_soc,
+                      max_current_a=vehicle.max_current_a, phases=min(vehicle.phases, station.phases),
+                      taper_knee_soc=vehicle.taper_knee_soc,
+                      # The seed varies each EV's lag within its configured bound.
+                      response_lag_s=vehicle.response_lag_s * self.rng.uniform(0.5, 1.0),
+                      voltage_v=self.scenario.site.voltage_v)
+        ev = EV(spec)
+        self.models[station.id].plug(vehicle.connector, ev, vehicle.id, vehicle.id_tag)
+        self.recorder.event(t, "vehicle_arrived", station.id, {"ev": vehicle.id, "connector": vehicle.connector})
+        self._spawn(self.stations[station.id].plug_in(vehicle.connector, vehicle.id_tag))
+        return ev
+
+    def _depart(self, vehicle: Any, ev: EV, t: float) -> None:
+        emulator = self.stations[vehicle.station]
+        self._record_vehicle(vehicle, ev, t)
+        self.recorder.event(t, "vehicle_departed", vehicle.station,
+                            {"ev": vehicle.id, "energy_kwh": round(ev.energy_kwh, 3), "soc": round(ev.soc, 4)})
+
+        async def leave() -> None:
+            await emulator.unplug(vehicle.connector)
+            emulator.model.unplug(vehicle.connector)
+
+        # The car is gone at once (its current stops this step); the messages follow.
+        port = emulator.model.ports[vehicle.connector]
+        port.ev = None
+        port.currents_a = (0.0, 0.0, 0.0)
+        self._spawn(leave())
+
+    def _record_vehicle(self, vehicle: Any, ev: EV, until_s: float) -> None:
+        station = self.scenario.station(vehicle.station)
+        phases = min(vehicle.phases, station.phases)
+        rate_a = min(vehicle.max_current_a, station.max_current_a)
+        own_bound_kwh = rate_a * self.scenario.site.voltage_v * phases * max(until_s - vehicle.arrival_s, 0) / 3.6e6
+        self.recorder.vehicle(vehicle.id, vehicle.station, vehicle.connector, vehicle.arrival_s, until_s,
+                              ev.requested_kwh, ev.energy_kwh, min(ev.requested_kwh, own_bound_kwh))
+
+    def _apply_event(self, event: Any, t: float) -> None:
+        if event.kind == "site_limit":
+            self.limit_a = event.value_a
+            if self.host is not None:
+                self.host.site_limit_changed(event.value_a)
+        elif event.kind == "building_load":
+            self.building_override_a = event.value_a
+        self.recorder.event(t, event.kind, None, {"value_a": event.value_a})
+
+    async def _shutdown(self) -> None:
+        for emulator in self.stations.values():
+            await emulator.stop()
+        for task in list(self.background):
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        if self.host is not None:
+            await self.host.stop()
+        if self.meter is not None:
+            await self.meter.stop()
+        self.recorder.close()
+
+
+def default_trace_path(scenario: Scenario, controller: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in controller)[:40]
+    return Path("runs") / f"{scenario.name}-{safe}-{stamp}.db"
+
+
+def run_scenario(scenario: str | Path | Scenario = DEFAULT_SCENARIO, controller: str = DEFAULT_CONTROLLER, *,
+                 trace: str | Path | None = None, speed: float | None = None, realtime: bool = False,
+                 duration_s: float | None = None, seed: int | None = None,
+                 announce: Callable[[str], None] = lambda _: None) -> RunResult:
+    """Run a scenario against a controller and judge it.
+
+    ``scenario``: a bundled name (``"workplace"``), a path, or a loaded :class:`Scenario`.
+    ``controller``: an entry-point name, ``module:Class`` or an external CSMS URL.
+    Time: virtual (as fast as possible) for in-process controllers unless ``speed`` or
+    ``realtime`` says otherwise; external controllers run on the wall clock.
+    Raises :class:`ScenarioError` / :class:`ControllerError` on bad input, before anything starts.
+    """
+    sc = scenario if isinstance(scenario, Scenario) else load_scenario(find_scenario(str(scenario)))
+    spec = resolve_controller(controller)
+    if realtime or (spec.external and speed is None):
+        speed = 1.0
+    run_seed = sc.seed if seed is None else seed
+    length_s = sc.clock.duration_s if duration_s is None else duration_s
+    if length_s <= 0:
+        raise ScenarioError(f"must be > 0 (got {length_s})", field="duration")
+    trace_path = Path(trace) if trace is not None else default_trace_path(sc, spec.name)
+    recorder = Recorder(trace_path, _meta(sc, spec.name, run_seed, length_s))
+    run = _Run(sc, spec, recorder, run_seed, length_s, announce)
+    try:
+        bench_clock.run(run.execute, speed=speed)
+    except KeyboardInterrupt:
+        recorder.event(run._now() if run.clock else 0.0, "run_interrupted", None, {"reason": "KeyboardInterrupt"})
+        recorder.close()
+        raise
+    finally:
+        recorder.close()
+    return judge(trace_path, sc.name, spec.name)

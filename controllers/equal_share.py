@@ -1,0 +1,178 @@
+"""Managed charging, the seed article's middle architecture: hold the site limit, share it equally.
+
+The controller reads the site meter at the grid connection and keeps the worst phase at
+``limit_a - margin_a``. It does that with an integral loop on the meter (not with a model of the
+site it could not have): the per-phase current budget for EVs grows by a fraction of the
+headroom and shrinks by the whole overshoot. The budget is shared equally among running
+sessions; a session that draws clearly less than its share (a tapering or full battery, a
+1-phase car) keeps what it draws plus a little, and the rest goes to the others — the seed's
+"as cars complete charging, the controller reallocates capacity to remaining vehicles".
+
+IEC 61851-1 forbids offers between 0 and 6 A, so when the budget cannot give everyone 6 A, the
+sessions that have received the least energy get 6 A and the others pause.
+"""
+
+from __future__ import annotations
+
+import math
+
+from controllers.api import ConnectorKey, Controller, Limit, MeterSample, Session, SiteConfig, SiteReading
+
+MIN_CURRENT_A = 6.0  # IEC 61851-1
+
+
+class EqualShare(Controller):
+    name = "equal_share"
+    period_s = 5.0
+    meter_poll_s = 1.0
+    meter_value_interval_s = 10.0
+    margin_a = 1.0  # keep this far under the limit: meter noise and the EVs' lag
+    raise_gain = 0.5  # fraction of the headroom added per period (cutting is immediate)
+    saturation_a = 2.0  # drawing this much below the offer means the EV wants no more
+
+    def __init__(self, site: SiteConfig) -> None:
+        super().__init__(site)
+        self.limit_a = site.limit_a
+        self.sessions: dict[ConnectorKey, Session] = {}
+        self.samples: dict[ConnectorKey, MeterSample] = {}
+        self.energy_wh: dict[ConnectorKey, float] = {}
+        self.shares: dict[ConnectorKey, float] = {}
+        self.reading: SiteReading | None = None
+        self.budget_a: float | None = None
+
+    def failsafe_a(self, station_id: str) -> float | None:
+        # A share every charger may take at once without the controller: what the stations fall
+        # back to before their first allocation and if this controller disappears.
+        n = max(len(self.site.stations), 1)
+        share = math.floor(self.limit_a / n)
+        return float(share) if share >= MIN_CURRENT_A else 0.0
+
+    def _station_max_a(self, key: ConnectorKey) -> float:
+        return self.site.station(key[0]).max_current_a
+
+    # -- what the product hears -----------------------------------------------------------------
+
+    def on_session_started(self, session: Session, now: float) -> None:
+        key = (session.station_id, session.connector_id)
+        self.sessions[key] = session
+        self.energy_wh[key] = 0.0
+
+    def on_session_ended(self, session: Session, energy_wh: float, now: float) -> None:
+        key = (session.station_id, session.connector_id)
+        for table in (self.sessions, self.samples, self.energy_wh, self.shares):
+            table.pop(key, None)
+
+    def on_station_disconnected(self, station_id: str, now: float) -> None:
+        for key in [k for k in self.sessions if k[0] == station_id]:
+            for table in (self.sessions, self.samples, self.energy_wh, self.shares):
+                table.pop(key, None)
+
+    def on_meter_sample(self, sample: MeterSample, now: float) -> None:
+        key = (sample.station_id, sample.connector_id)
+        if key not in self.sessions:
+            return
+        self.samples[key] = sample
+        if sample.energy_wh is not None:
+            self.energy_wh[key] = sample.energy_wh - self.sessions[key].meter_start_wh
+
+    def on_site_reading(self, reading: SiteReading, now: float) -> None:
+        self.reading = reading
+
+    def on_site_limit(self, limit_a: float, now: float) -> None:
+        if self.budget_a is not None:
+            self.budget_a += limit_a - self.limit_a
+        self.limit_a = limit_a
+
+    # -- the decision -----------------------------------------------------------------------------
+
+    def allocate(self, now: float) -> dict[ConnectorKey, Limit]:
+        if not self.sessions:
+            return {}
+        self._update_budget()
+        budget = max(self.budget_a or 0.0, 0.0)
+        shares = self._share(budget)
+        self.shares = shares
+        return {key: Limit(limit_a) for key, limit_a in shares.items()}
+
+    def _update_budget(self) -> None:
+        cap = sum(self._station_max_a(k) for k in self.sessions)
+        if self.reading is None:
+            # No meter yet: assume the failsafe shares are what is drawn.
+            self.budget_a = min(self.budget_a or 0.0, cap)
+            return
+        worst_a = max(self.reading.currents_a)
+        error_a = self.limit_a - self.margin_a - worst_a
+        if self.budget_a is None:
+            in_use = sum(self.shares.values())
+            self.budget_a = in_use + error_a
+        elif error_a < 0:
+            self.budget_a += error_a
+        else:
+            self.budget_a += self.raise_gain * error_a
+        # Anti-windup: never promise more than the EVs could take plus what is still free.
+        drawn = sum(self._drawn_a(k) for k in self.sessions)
+        self.budget_a = max(0.0, min(self.budget_a, cap, drawn + max(error_a, 0.0) + MIN_CURRENT_A * len(self.sessions)))
+
+    def _drawn_a(self, key: ConnectorKey) -> float:
+        sample = self.samples.get(key)
+        if sample is None or sample.max_current_a is None:
+            return self.shares.get(key, 0.0)
+        return sample.max_current_a
+
+    def _saturated(self, key: ConnectorKey) -> float | None:
+        """What an EV that takes clearly less than offered should keep (None: it wants more)."""
+        sample = self.samples.get(key)
+        share = self.shares.get(key)
+        if sample is None or share is None or sample.max_current_a is None or sample.offered_a is None:
+            return None
+        if sample.offered_a + 0.05 < share:
+            return None  # its sample predates its current share: no evidence yet
+        if sample.max_current_a < sample.offered_a - self.saturation_a:
+            return max(sample.max_current_a + self.saturation_a, MIN_CURRENT_A)
+        return None
+
+    def _share(self, budget_a: float) -> dict[ConnectorKey, float]:
+        keys = sorted(self.sessions, key=lambda k: (self.energy_wh.get(k, 0.0), self.sessions[k].started_at))
+        fixed: dict[ConnectorKey, float] = {}
+        for key in keys:
+            keep = self._saturated(key)
+            if keep is not None:
+                fixed[key] = min(keep, self._station_max_a(key))
+        # Water-filling: saturated EVs keep what they use, the others split the rest equally.
+        while True:
+            free = [k for k in keys if k not in fixed]
+            if not free:
+                break
+            rest = budget_a - sum(fixed.values())
+            share = rest / len(free)
+            capped = [k for k in free if self._station_max_a(k) <= share]
+            if not capped:
+                break
+            for key in capped:
+                fixed[key] = self._station_max_a(key)
+        free = [k for k in keys if k not in fixed]
+        rest = max(budget_a - sum(fixed.values()), 0.0)
+        shares = dict(fixed)
+        if free:
+            share = rest / len(free)
+            if share >= MIN_CURRENT_A:
+                shares.update({k: share for k in free})
+            else:
+                # Not enough for everyone: 6 A each to those with the least energy so far.
+                fits = int(rest // MIN_CURRENT_A)
+                for i, key in enumerate(free):
+                    shares[key] = MIN_CURRENT_A if i < fits else 0.0
+        total = sum(shares.values())
+        if total > budget_a + 1e-9 and total > 0:
+            # Saturated EVs' keep-amounts alone exceed a shrunken budget: scale them down, but
+            # never into (0, 6) A.
+            factor = budget_a / total
+            shares = {k: (v * factor if v * factor >= MIN_CURRENT_A else 0.0) for k, v in shares.items()}
+        return {k: self._hysteresis(k, v) for k, v in shares.items()}
+
+    def _hysteresis(self, key: ConnectorKey, limit_a: float) -> float:
+        # Cut at once (safety); raise only by a meaningful step, so limits do not flap.
+        previous = self.shares.get(key)
+        if previous is None or limit_a < previous - 0.2 or limit_a > previous + 1.0 or (limit_a == 0) != (previous == 0):
+            return limit_a
+        return previous

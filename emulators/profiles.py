@@ -1,0 +1,661 @@
+"""The OCPP 1.6 smart-charging profile engine of one charging station: which profiles are installed and what they allow.
+
+This module owns, for one station:
+
+* the typed form of an OCPP 1.6 ``ChargingProfile`` (:class:`ChargingProfile`, :class:`ChargingSchedule`,
+  :class:`SchedulePeriod`) and its translation from and to the wire JSON (:func:`parse_profile`,
+  :func:`profile_to_json`);
+* the set of installed profiles and the rules for installing and removing them
+  (:meth:`ProfileEngine.set_profile`, :meth:`ProfileEngine.clear`, :meth:`ProfileEngine.end_transaction`);
+* the limit they impose: the composite per-phase current of a connector at an instant
+  (:meth:`ProfileEngine.limit_a`), the station-wide ChargePointMaxProfile (:meth:`ProfileEngine.max_profile_limit_a`)
+  and the schedule answered to GetCompositeSchedule (:meth:`ProfileEngine.composite_schedule`).
+
+It is pure in the h11 sense: synchronous, deterministic, no I/O, no clock (every call is told ``now``), no imports
+from the ``ocpp`` package. The station adapter owns the websocket and translates messages into these calls.
+
+Units: times are floats, seconds since the Unix epoch (UTC); durations and ``startPeriod`` are whole seconds [s];
+rate unit ``"A"`` is amperes per phase [A], ``"W"`` is watts in total [W]; every ``*_a`` result is amperes per phase.
+
+References (OCPP 1.6 Edition 2): §3.13.1 charging profile purposes, §3.13.2 stacking, §3.13.3 combining purposes,
+§5.5 ClearChargingProfile, §5.7 GetCompositeSchedule, §5.16 SetChargingProfile, §7.8 ChargingProfile,
+§7.9 ChargingProfileKindType, §7.10 ChargingProfilePurposeType, §7.12 ChargingRateUnitType, §7.13 ChargingSchedule,
+§7.14 ChargingSchedulePeriod, §7.26 RecurrencyKindType, §9.4 smart-charging configuration keys.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+__all__ = [
+    "ChargingProfile",
+    "ChargingSchedule",
+    "ProfileEngine",
+    "ProfileError",
+    "SchedulePeriod",
+    "SetResult",
+    "parse_profile",
+    "profile_to_json",
+]
+
+# §7.10 ChargingProfilePurposeType, §7.9 ChargingProfileKindType, §7.26 RecurrencyKindType,
+# §7.12 ChargingRateUnitType.
+CHARGE_POINT_MAX = "ChargePointMaxProfile"
+TX_DEFAULT = "TxDefaultProfile"
+TX = "TxProfile"
+PURPOSES = (CHARGE_POINT_MAX, TX_DEFAULT, TX)
+KINDS = ("Absolute", "Recurring", "Relative")
+RECURRENCY_KINDS = ("Daily", "Weekly")
+RATE_UNITS = ("A", "W")
+
+# §7.26: Daily = "the schedule restarts every 24 hours", Weekly = "every 7 days", counted from startSchedule.
+RECURRENCE_S = {"Daily": 86_400, "Weekly": 604_800}
+
+_PURPOSE_INDEX = {purpose: i for i, purpose in enumerate(PURPOSES)}
+
+
+class ProfileError(ValueError):
+    """A charging profile that does not follow OCPP 1.6 §7.8/§7.13/§7.14.
+
+    ``str()`` is ``"<json path>: <what was expected>"``, e.g.
+    ``"chargingProfile.chargingSchedule.chargingSchedulePeriod[1].startPeriod: periods must ascend"``.
+    """
+
+    def __init__(self, path: str, expected: str) -> None:
+        super().__init__(f"{path}: {expected}")
+        self.path = path
+        self.expected = expected
+
+
+@dataclass(frozen=True)
+class SchedulePeriod:
+    """§7.14 ChargingSchedulePeriod: from ``start_period_s`` [s after the schedule start] on, at most ``limit``."""
+
+    start_period_s: int
+    limit: float
+    number_phases: int | None = None
+
+
+@dataclass(frozen=True)
+class ChargingSchedule:
+    """§7.13 ChargingSchedule. ``rate_unit`` "A" [A per phase] or "W" [W total]; ``start_schedule`` [epoch s]."""
+
+    rate_unit: str
+    periods: tuple[SchedulePeriod, ...]
+    duration_s: int | None = None
+    start_schedule: float | None = None
+    min_charging_rate: float | None = None  # advisory only (§7.13); the engine never uses it
+
+
+@dataclass(frozen=True)
+class ChargingProfile:
+    """§7.8 ChargingProfile. ``valid_from``/``valid_to`` [epoch s]; ``None`` means unbounded."""
+
+    id: int
+    stack_level: int
+    purpose: str
+    kind: str
+    schedule: ChargingSchedule
+    recurrency_kind: str | None = None
+    valid_from: float | None = None
+    valid_to: float | None = None
+    transaction_id: int | None = None
+
+
+@dataclass(frozen=True)
+class SetResult:
+    """The answer to SetChargingProfile (§5.16): ``status`` "Accepted" or "Rejected"; ``reason`` says why not."""
+
+    status: str
+    reason: str = ""
+
+
+ACCEPTED = SetResult("Accepted")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Wire JSON <-> typed profile
+# --------------------------------------------------------------------------------------------------------------------
+
+# RFC 3339 §5.6 date-time. An absent offset is read as UTC (lenient: some stations and CSMSs omit the "Z").
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))?"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = 1_000_000
+
+
+def _parse_time(value: Any, path: str) -> float:
+    """RFC 3339 string -> epoch seconds, exact to the microsecond (further digits are truncated)."""
+    if not isinstance(value, str):
+        raise ProfileError(path, f"expected an RFC 3339 date-time string, got {value!r}")
+    m = _RFC3339.fullmatch(value)
+    if m is None:
+        raise ProfileError(path, f"expected an RFC 3339 date-time such as 2024-01-01T00:00:00Z, got {value!r}")
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    try:
+        whole = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
+    except ValueError as exc:
+        raise ProfileError(path, f"expected a valid date-time, got {value!r} ({exc})") from None
+    offset_s = 0
+    if m.group(9):
+        offset_s = int(m.group(10)) * 3600 + int(m.group(11)) * 60
+        if m.group(9) == "-":
+            offset_s = -offset_s
+    fraction = m.group(7) or ""
+    micros = int((fraction + "000000")[:6])
+    seconds = (whole - _EPOCH) // timedelta(seconds=1) - offset_s
+    return (seconds * _US + micros) / _US  # int / int is correctly rounded
+
+
+def _format_time(t: float) -> str:
+    """Epoch seconds -> RFC 3339 with "Z", to the microsecond (milliseconds or whole seconds when exact)."""
+    micros = int((Decimal(t) * _US).to_integral_value(ROUND_HALF_EVEN))
+    seconds, frac = divmod(micros, _US)
+    text = (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    if frac == 0:
+        return text + "Z"
+    if frac % 1000 == 0:
+        return f"{text}.{frac // 1000:03d}Z"
+    return f"{text}.{frac:06d}Z"
+
+
+def _get(obj: dict, key: str, path: str, required: bool) -> Any:
+    value = obj.get(key)
+    if value is None and required:
+        raise ProfileError(f"{path}.{key}", "required field is missing")
+    return value
+
+
+def _int(value: Any, path: str, minimum: int | None = None) -> int:
+    # JSON integers; an integral float/Decimal (3600.0) is accepted, bool is not (True is an int in Python).
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        raise ProfileError(path, f"expected an integer, got {value!r}")
+    if not isinstance(value, int):
+        if not math.isfinite(value) or value != int(value):
+            raise ProfileError(path, f"expected an integer, got {value!r}")
+        value = int(value)
+    if minimum is not None and value < minimum:
+        raise ProfileError(path, f"expected an integer >= {minimum}, got {value}")
+    return value
+
+
+def _number(value: Any, path: str) -> float:
+    # §7.14 limit / §7.13 minChargingRate are "decimal"; the ocpp library hands them over as Decimal.
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        raise ProfileError(path, f"expected a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ProfileError(path, f"expected a finite number, got {value!r}")
+    return number
+
+
+def _enum(value: Any, path: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ProfileError(path, f"expected one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def parse_profile(data: dict, where: str = "chargingProfile") -> ChargingProfile:
+    """Read the OCPP 1.6 JSON ``csChargingProfiles`` object (camelCase keys as on the wire) into a ChargingProfile.
+
+    ``where`` is the JSON path prefix used in error messages. Timestamps are RFC 3339 strings ("Z" or an offset;
+    none = UTC) kept to the microsecond; limits may be Decimal, int or float. Unknown keys are ignored (schema
+    validation is the adapter's job). Raises :class:`ProfileError` naming the field, for:
+
+    * a missing required field or a value of the wrong type;
+    * an unknown purpose, kind, recurrencyKind or chargingRateUnit (§7.9, §7.10, §7.12, §7.26);
+    * Absolute or Recurring without ``startSchedule``; Recurring without ``recurrencyKind`` (§7.8, §7.13);
+    * an empty ``chargingSchedulePeriod``; a first ``startPeriod`` other than 0; periods that do not strictly
+      ascend; a negative ``limit``; ``numberPhases`` outside 1..3; a negative ``duration`` or ``stackLevel`` (§7.14).
+
+    Lenient where a real station is: ``startSchedule`` on a Relative profile and ``transactionId`` on a non-Tx
+    profile are kept but play no part in the limit.
+    """
+    if not isinstance(data, dict):
+        raise ProfileError(where, f"expected an object, got {type(data).__name__}")
+    profile_id = _int(_get(data, "chargingProfileId", where, True), f"{where}.chargingProfileId")
+    stack_level = _int(_get(data, "stackLevel", where, True), f"{where}.stackLevel", minimum=0)
+    purpose = _enum(_get(data, "chargingProfilePurpose", where, True), f"{where}.chargingProfilePurpose", PURPOSES)
+    kind = _enum(_get(data, "chargingProfileKind", where, True), f"{where}.chargingProfileKind", KINDS)
+
+    recurrency = _get(data, "recurrencyKind", where, kind == "Recurring")
+    if recurrency is not None:
+        recurrency = _enum(recurrency, f"{where}.recurrencyKind", RECURRENCY_KINDS)
+    valid_from = data.get("validFrom")
+    if valid_from is not None:
+        valid_from = _parse_time(valid_from, f"{where}.validFrom")
+    valid_to = data.get("validTo")
+    if valid_to is not None:
+        valid_to = _parse_time(valid_to, f"{where}.validTo")
+    transaction_id = data.get("transactionId")
+    if transaction_id is not None:
+        transaction_id = _int(transaction_id, f"{where}.transactionId")
+
+    spath = f"{where}.chargingSchedule"
+    sched = _get(data, "chargingSchedule", where, True)
+    if not isinstance(sched, dict):
+        raise ProfileError(spath, f"expected an object, got {type(sched).__name__}")
+    rate_unit = _enum(_get(sched, "chargingRateUnit", spath, True), f"{spath}.chargingRateUnit", RATE_UNITS)
+    duration = sched.get("duration")
+    if duration is not None:
+        duration = _int(duration, f"{spath}.duration", minimum=0)
+    start_schedule = _get(sched, "startSchedule", spath, kind in ("Absolute", "Recurring"))
+    if start_schedule is not None:
+        start_schedule = _parse_time(start_schedule, f"{spath}.startSchedule")
+    min_rate = sched.get("minChargingRate")
+    if min_rate is not None:
+        min_rate = _number(min_rate, f"{spath}.minChargingRate")
+
+    ppath = f"{spath}.chargingSchedulePeriod"
+    raw_periods = _get(sched, "chargingSchedulePeriod", spath, True)
+    if not isinstance(raw_periods, (list, tuple)):
+        raise ProfileError(ppath, f"expected a list of periods, got {type(raw_periods).__name__}")
+    if not raw_periods:
+        raise ProfileError(ppath, "expected at least one period")
+    periods = []
+    previous = -1
+    for i, raw in enumerate(raw_periods):
+        path = f"{ppath}[{i}]"
+        if not isinstance(raw, dict):
+            raise ProfileError(path, f"expected an object, got {type(raw).__name__}")
+        start = _int(_get(raw, "startPeriod", path, True), f"{path}.startPeriod")
+        if i == 0 and start != 0:
+            raise ProfileError(f"{path}.startPeriod", f"the first period must start at 0, got {start}")
+        if start <= previous:
+            raise ProfileError(f"{path}.startPeriod", "periods must ascend")
+        previous = start
+        limit = _number(_get(raw, "limit", path, True), f"{path}.limit")
+        if limit < 0:
+            raise ProfileError(f"{path}.limit", f"expected a limit >= 0, got {limit}")
+        phases = raw.get("numberPhases")
+        if phases is not None:
+            phases = _int(phases, f"{path}.numberPhases", minimum=1)
+            if phases > 3:
+                raise ProfileError(f"{path}.numberPhases", f"expected 1, 2 or 3, got {phases}")
+        periods.append(SchedulePeriod(start, limit, phases))
+
+    schedule = ChargingSchedule(rate_unit, tuple(periods), duration, start_schedule, min_rate)
+    return ChargingProfile(
+        profile_id, stack_level, purpose, kind, schedule, recurrency, valid_from, valid_to, transaction_id
+    )
+
+
+def profile_to_json(profile: ChargingProfile) -> dict:
+    """The inverse of :func:`parse_profile`: wire camelCase keys, "Z" timestamps, optional fields omitted when None."""
+    sched = profile.schedule
+    periods = []
+    for p in sched.periods:
+        period: dict[str, Any] = {"startPeriod": p.start_period_s, "limit": float(p.limit)}
+        if p.number_phases is not None:
+            period["numberPhases"] = p.number_phases
+        periods.append(period)
+    schedule: dict[str, Any] = {}
+    if sched.duration_s is not None:
+        schedule["duration"] = sched.duration_s
+    if sched.start_schedule is not None:
+        schedule["startSchedule"] = _format_time(sched.start_schedule)
+    schedule["chargingRateUnit"] = sched.rate_unit
+    schedule["chargingSchedulePeriod"] = periods
+    if sched.min_charging_rate is not None:
+        schedule["minChargingRate"] = float(sched.min_charging_rate)
+
+    out: dict[str, Any] = {"chargingProfileId": profile.id}
+    if profile.transaction_id is not None:
+        out["transactionId"] = profile.transaction_id
+    out["stackLevel"] = profile.stack_level
+    out["chargingProfilePurpose"] = profile.purpose
+    out["chargingProfileKind"] = profile.kind
+    if profile.recurrency_kind is not None:
+        out["recurrencyKind"] = profile.recurrency_kind
+    if profile.valid_from is not None:
+        out["validFrom"] = _format_time(profile.valid_from)
+    if profile.valid_to is not None:
+        out["validTo"] = _format_time(profile.valid_to)
+    out["chargingSchedule"] = schedule
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Evaluating one profile
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _period_in_force(profile: ChargingProfile, t: float, tx_start: float | None) -> SchedulePeriod | None:
+    """The period of ``profile`` that applies at ``t``, or None when the profile is not in force then.
+
+    In force = valid (§7.8: validFrom <= t < validTo) and inside its schedule: from the schedule start
+    (Absolute: startSchedule; Relative: the transaction start, so never without one; Recurring: the latest
+    recurrence of startSchedule, never before startSchedule itself) until ``duration`` has elapsed (§7.13; absent
+    = forever, or until the next recurrence). The period is the last one whose startPeriod has been reached (§7.14).
+    """
+    if profile.valid_from is not None and t < profile.valid_from:
+        return None
+    if profile.valid_to is not None and t >= profile.valid_to:
+        return None
+    sched = profile.schedule
+    kind = profile.kind
+    if kind == "Relative":
+        if tx_start is None:
+            return None
+        elapsed = t - tx_start
+    else:
+        elapsed = t - sched.start_schedule  # type: ignore[operator]  # parse_profile guarantees it
+        if kind == "Recurring" and elapsed >= 0:
+            # A duration longer than the recurrence is cut at the next recurrence (as libocpp does).
+            elapsed %= RECURRENCE_S[profile.recurrency_kind]  # type: ignore[index]
+    if elapsed < 0:
+        return None
+    if sched.duration_s is not None and elapsed >= sched.duration_s:
+        return None
+    periods = sched.periods
+    chosen = periods[0]
+    for period in periods:
+        if period.start_period_s > elapsed:
+            break
+        chosen = period
+    return chosen
+
+
+def _change_instants(profile: ChargingProfile, start: float, end: float, tx_start: float | None) -> list[float]:
+    """Instants in (start, end) at which ``profile``'s contribution may change (for the composite schedule)."""
+    out = [b for b in (profile.valid_from, profile.valid_to) if b is not None]
+    sched = profile.schedule
+    offsets = [p.start_period_s for p in sched.periods]
+    if sched.duration_s is not None:
+        offsets.append(sched.duration_s)
+    if profile.kind == "Relative":
+        origins = [tx_start] if tx_start is not None else []
+    elif profile.kind == "Absolute":
+        origins = [sched.start_schedule]
+    else:
+        cycle = RECURRENCE_S[profile.recurrency_kind]  # type: ignore[index]
+        first = sched.start_schedule
+        k = max(0, math.floor((start - first) / cycle))  # type: ignore[operator]
+        origins = []
+        while first + k * cycle < end:  # type: ignore[operator]
+            origins.append(first + k * cycle)  # type: ignore[operator]
+            k += 1
+        offsets = [o for o in offsets if o < cycle]
+    for origin in origins:
+        out.extend(origin + o for o in offsets)  # type: ignore[operator]
+    return [b for b in out if start < b < end]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------------------------------
+
+_Stack = tuple[ChargingProfile, ...]  # one purpose on one connector, highest stackLevel first
+
+
+class ProfileEngine:
+    """The profiles installed on one station and what they allow.
+
+    Connectors are numbered 1..``connectors``; connector 0 is the station as a whole (§5.16). ``voltage_v`` [V]
+    phase-to-neutral and ``default_phases`` convert W into A (§7.12: I = P / (V x numberPhases), numberPhases
+    defaulting to 3). The bounds are the station's configuration keys (§9.4): ChargeProfileMaxStackLevel,
+    ChargingScheduleMaxPeriods, MaxChargingProfilesInstalled, ChargingScheduleAllowedChargingRateUnit.
+    """
+
+    def __init__(
+        self,
+        connectors: int,
+        voltage_v: float = 230.0,
+        default_phases: int = 3,
+        max_stack_level: int = 8,
+        max_periods: int = 24,
+        max_profiles: int = 32,
+        allowed_units: tuple[str, ...] = ("A", "W"),
+    ) -> None:
+        if connectors < 1:
+            raise ValueError(f"connectors: expected >= 1, got {connectors}")
+        if not voltage_v > 0:
+            raise ValueError(f"voltage_v: expected > 0, got {voltage_v}")
+        if default_phases not in (1, 2, 3):
+            raise ValueError(f"default_phases: expected 1, 2 or 3, got {default_phases}")
+        self.connectors = connectors
+        self.voltage_v = float(voltage_v)
+        self.default_phases = default_phases
+        self.max_stack_level = max_stack_level
+        self.max_periods = max_periods
+        self.max_profiles = max_profiles
+        self.allowed_units = tuple(allowed_units)
+        self._installed: dict[int, tuple[int, ChargingProfile]] = {}  # profile id -> (connector, profile)
+        # _stacks[connector][purpose index] -> profiles sorted by stackLevel, highest first. Rebuilt on every change
+        # (rare) so that the per-second path (limit_a) only walks ready-made tuples.
+        self._stacks: list[list[_Stack]] = []
+        self._rebuild()
+
+    # -- installing and removing --------------------------------------------------------------------------------
+
+    def set_profile(self, connector_id: int, profile: ChargingProfile, transaction_id: int | None) -> SetResult:
+        """SetChargingProfile (§5.16) on ``connector_id``; ``transaction_id`` is that connector's running transaction.
+
+        Rejected, with the reason, when:
+
+        * ``connector_id`` is not 0..connectors (§5.16);
+        * a ChargePointMaxProfile is not on connector 0 (§3.13.1, §5.16), or is Relative — it has no transaction to
+          be relative to (libocpp rejects it too; 2.0.1 K01.FR.38 makes it explicit);
+        * a TxProfile is on connector 0, or no transaction is active on the connector, or its transactionId is not
+          that transaction's (§3.13.1, §5.16);
+        * stackLevel > ChargeProfileMaxStackLevel; more periods than ChargingScheduleMaxPeriods; a rate unit outside
+          ChargingScheduleAllowedChargingRateUnit; more than MaxChargingProfilesInstalled once installed (§9.4).
+
+        Otherwise Accepted, and it replaces any profile with the same chargingProfileId (on any connector) and the
+        profile with the same purpose and stackLevel on the same connector (§3.13.2, §5.16). A TxDefaultProfile on a
+        connector does not replace the one on connector 0: the connector's own takes precedence (see limit_a).
+        """
+        if not 0 <= connector_id <= self.connectors:
+            return SetResult("Rejected", f"connectorId {connector_id} is not 0..{self.connectors}")
+        purpose = profile.purpose
+        if purpose == CHARGE_POINT_MAX:
+            if connector_id != 0:
+                return SetResult("Rejected", f"ChargePointMaxProfile must be set on connector 0, not {connector_id}")
+            if profile.kind == "Relative":
+                return SetResult("Rejected", "ChargePointMaxProfile cannot be Relative (no transaction to start it)")
+        elif purpose == TX:
+            if connector_id == 0:
+                return SetResult("Rejected", "TxProfile must be set on a connector > 0")
+            if transaction_id is None:
+                return SetResult("Rejected", f"TxProfile without an active transaction on connector {connector_id}")
+            if profile.transaction_id is not None and profile.transaction_id != transaction_id:
+                return SetResult(
+                    "Rejected",
+                    f"TxProfile transactionId {profile.transaction_id} is not the active transaction {transaction_id}",
+                )
+        elif purpose != TX_DEFAULT:
+            return SetResult("Rejected", f"unknown chargingProfilePurpose {purpose!r}")
+        if profile.stack_level > self.max_stack_level:
+            return SetResult(
+                "Rejected", f"stackLevel {profile.stack_level} > ChargeProfileMaxStackLevel {self.max_stack_level}"
+            )
+        if len(profile.schedule.periods) > self.max_periods:
+            return SetResult(
+                "Rejected",
+                f"{len(profile.schedule.periods)} periods > ChargingScheduleMaxPeriods {self.max_periods}",
+            )
+        if profile.schedule.rate_unit not in self.allowed_units:
+            return SetResult(
+                "Rejected",
+                f"chargingRateUnit {profile.schedule.rate_unit} not in ChargingScheduleAllowedChargingRateUnit "
+                f"{','.join(self.allowed_units)}",
+            )
+        replaced = [
+            pid
+            for pid, (conn, p) in self._installed.items()
+            if pid == profile.id
+            or (conn == connector_id and p.purpose == purpose and p.stack_level == profile.stack_level)
+        ]
+        if len(self._installed) - len(replaced) + 1 > self.max_profiles:
+            return SetResult("Rejected", f"MaxChargingProfilesInstalled {self.max_profiles} reached")
+        for pid in replaced:
+            del self._installed[pid]
+        self._installed[profile.id] = (connector_id, profile)
+        self._rebuild()
+        return ACCEPTED
+
+    def clear(
+        self,
+        profile_id: int | None = None,
+        connector_id: int | None = None,
+        purpose: str | None = None,
+        stack_level: int | None = None,
+    ) -> str:
+        """ClearChargingProfile (§5.5): "Accepted" when at least one profile was removed, else "Unknown".
+
+        With ``profile_id`` only that profile is removed (the other criteria are then ignored: §5.5 clears "either a
+        specific charging profile (denoted by id) or a selection"). Otherwise every profile matching all the given
+        criteria is removed; ``connector_id`` 0 means the profiles installed on connector 0; no criteria at all
+        clears everything.
+        """
+        if profile_id is not None:
+            doomed = [profile_id] if profile_id in self._installed else []
+        else:
+            doomed = [
+                pid
+                for pid, (conn, p) in self._installed.items()
+                if (connector_id is None or conn == connector_id)
+                and (purpose is None or p.purpose == purpose)
+                and (stack_level is None or p.stack_level == stack_level)
+            ]
+        if not doomed:
+            return "Unknown"
+        for pid in doomed:
+            del self._installed[pid]
+        self._rebuild()
+        return "Accepted"
+
+    def end_transaction(self, connector_id: int) -> None:
+        """The transaction on ``connector_id`` ended: its TxProfiles are dropped (§3.13.1: a TxProfile "SHALL only be
+        valid during the transaction"; §3.13.3)."""
+        doomed = [pid for pid, (conn, p) in self._installed.items() if conn == connector_id and p.purpose == TX]
+        for pid in doomed:
+            del self._installed[pid]
+        if doomed:
+            self._rebuild()
+
+    def profiles(self, connector_id: int | None = None) -> list[tuple[int, ChargingProfile]]:
+        """Installed profiles as (connector, profile), ordered by connector, purpose, stackLevel, id; ``connector_id``
+        filters to the profiles installed on that connector (0 = the station-wide ones)."""
+        rows = [row for row in self._installed.values() if connector_id is None or row[0] == connector_id]
+        rows.sort(key=lambda r: (r[0], _PURPOSE_INDEX[r[1].purpose], r[1].stack_level, r[1].id))
+        return rows
+
+    # -- what they allow ----------------------------------------------------------------------------------------
+
+    def limit_a(self, connector_id: int, now: float, tx_start: float | None, phases: int | None = None) -> float | None:
+        """The composite per-phase current limit [A] of ``connector_id`` at ``now``; None when no profile applies.
+
+        ``tx_start`` is the epoch start of the connector's running transaction (None when idle): Relative schedules
+        start there, and a TxProfile is only in force while it is set. ``phases`` is the number of phases in use,
+        for W -> A when a period gives no numberPhases (else ``default_phases``).
+
+        Per purpose (§3.13.2): the valid profile with the highest stackLevel whose schedule is in force wins; when
+        its duration ends, or before it starts, the next lower stackLevel applies; none left = no limit from it.
+        TxDefaultProfiles of the connector itself take precedence over those on connector 0 (§5.16: the connector-0
+        profile is "replaced only for that specific connector"); connector 0's apply while the connector's own give
+        nothing. Composite (§3.13.3) = min(ChargePointMaxProfile, TxProfile if one is in force else TxDefaultProfile).
+        For ``connector_id`` 0 this is the ChargePointMaxProfile alone. The ChargePointMaxProfile bounds all
+        connectors together; here it bounds one connector as well, since one cannot draw more than all.
+        """
+        stacks = self._stacks[connector_id] if 0 <= connector_id <= self.connectors else self._bad(connector_id)
+        station = self._stacks[0]
+        limit = self._stack_limit(station[0], now, None, phases)
+        if connector_id == 0:
+            return limit
+        tx = self._stack_limit(stacks[2], now, tx_start, phases) if tx_start is not None else None
+        if tx is None:
+            tx = self._stack_limit(stacks[1], now, tx_start, phases)
+            if tx is None:
+                tx = self._stack_limit(station[1], now, tx_start, phases)
+        if tx is None:
+            return limit
+        if limit is None or tx < limit:
+            return tx
+        return limit
+
+    def max_profile_limit_a(self, now: float, phases: int | None = None) -> float | None:
+        """The ChargePointMaxProfile alone at ``now`` [A per phase] — the limit on ALL connectors together (§3.13.1);
+        None when none is in force."""
+        return self._stack_limit(self._stacks[0][0], now, None, phases)
+
+    def composite_schedule(
+        self,
+        connector_id: int,
+        start: float,
+        duration_s: int,
+        rate_unit: str = "A",
+        tx_start: float | None = None,
+        phases: int | None = None,
+        no_limit_a: float = 32.0,
+    ) -> ChargingSchedule:
+        """The answer to GetCompositeSchedule (§5.7) for ``connector_id`` over [start, start + duration_s).
+
+        Periods start (whole seconds after ``start``) where :meth:`limit_a` changes, equal neighbours merged, so the
+        schedule covers the whole window; a span where no profile applies gets ``no_limit_a`` [A] (the adapter passes
+        the station's hardware maximum — the wire has no "unlimited"). Connector 0 gives the ChargePointMaxProfile
+        alone. Change instants that fall inside a second are rounded up to the next whole second. For ``rate_unit``
+        "W" each limit is converted back with P = I x V x (``phases`` or ``default_phases``). The result carries
+        ``start_schedule=start`` and ``duration_s=duration_s``; numberPhases and minChargingRate are left out.
+        """
+        if not 0 <= connector_id <= self.connectors:
+            self._bad(connector_id)
+        if rate_unit not in RATE_UNITS:
+            raise ValueError(f"rate_unit: expected A or W, got {rate_unit!r}")
+        if duration_s < 0:
+            raise ValueError(f"duration_s: expected >= 0, got {duration_s}")
+        end = start + duration_s
+        station = self._stacks[0]
+        relevant: list[ChargingProfile] = list(station[0])
+        if connector_id != 0:
+            own = self._stacks[connector_id]
+            relevant.extend(own[1])
+            relevant.extend(station[1])
+            if tx_start is not None:
+                relevant.extend(own[2])
+        offsets = {0}
+        for profile in relevant:
+            for instant in _change_instants(profile, start, end, tx_start):
+                offset = math.ceil(instant - start)
+                if offset < duration_s:
+                    offsets.add(offset)
+        factor = 1.0 if rate_unit == "A" else self.voltage_v * (phases or self.default_phases)
+        periods: list[SchedulePeriod] = []
+        last = None
+        for offset in sorted(offsets):
+            limit = self.limit_a(connector_id, start + offset, tx_start, phases)
+            value = (no_limit_a if limit is None else limit) * factor
+            if value != last:
+                periods.append(SchedulePeriod(offset, value))
+                last = value
+        return ChargingSchedule(rate_unit, tuple(periods), duration_s, start)
+
+    # -- internals ----------------------------------------------------------------------------------------------
+
+    def _stack_limit(self, stack: _Stack, t: float, tx_start: float | None, phases: int | None) -> float | None:
+        for profile in stack:  # highest stackLevel first (§3.13.2)
+            period = _period_in_force(profile, t, tx_start)
+            if period is not None:
+                if profile.schedule.rate_unit == "A":
+                    return period.limit
+                # §7.12: W is the total over the phases in use; I = P / (V x numberPhases), numberPhases default 3.
+                n = period.number_phases or phases or self.default_phases
+                return period.limit / (self.voltage_v * n)
+        return None
+
+    def _rebuild(self) -> None:
+        stacks: list[list[list[ChargingProfile]]] = [[[], [], []] for _ in range(self.connectors + 1)]
+        for conn, profile in self._installed.values():
+            stacks[conn][_PURPOSE_INDEX[profile.purpose]].append(profile)
+        self._stacks = [
+            [tuple(sorted(s, key=lambda p: p.stack_level, reverse=True)) for s in purposes] for purposes in stacks
+        ]
+
+    def _bad(self, connector_id: int):
+        raise ValueError(f"connector_id: expected 0..{self.connectors}, got {connector_id}")
