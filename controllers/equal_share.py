@@ -29,6 +29,8 @@ class EqualShare(Controller):
     margin_a = 1.0  # keep this far under the limit: meter noise and the EVs' lag
     raise_gain = 0.5  # fraction of the headroom added per period (cutting is immediate)
     saturation_a = 2.0  # drawing this much below the offer means the EV wants no more
+    deadband_a = 2.0  # headroom below this is left alone: chasing it makes limits flap
+    step_a = 1.0  # a share moves only by at least this much, unless the site is over its limit
 
     def __init__(self, site: SiteConfig) -> None:
         super().__init__(site)
@@ -39,6 +41,7 @@ class EqualShare(Controller):
         self.shares: dict[ConnectorKey, float] = {}
         self.reading: SiteReading | None = None
         self.budget_a: float | None = None
+        self._cut = False
 
     def failsafe_a(self, station_id: str) -> float | None:
         # A share every charger may take at once without the controller: what the stations fall
@@ -96,22 +99,23 @@ class EqualShare(Controller):
 
     def _update_budget(self) -> None:
         cap = sum(self._station_max_a(k) for k in self.sessions)
+        self._cut = False
         if self.reading is None:
-            # No meter yet: assume the failsafe shares are what is drawn.
+            # No meter yet: keep what was promised (the failsafe shares at first).
             self.budget_a = min(self.budget_a or 0.0, cap)
             return
         worst_a = max(self.reading.currents_a)
         error_a = self.limit_a - self.margin_a - worst_a
+        promised = sum(self.shares.values())
         if self.budget_a is None:
-            in_use = sum(self.shares.values())
-            self.budget_a = in_use + error_a
+            self.budget_a = promised + error_a
         elif error_a < 0:
             self.budget_a += error_a
-        else:
+            self._cut = True
+        elif error_a > self.deadband_a:
             self.budget_a += self.raise_gain * error_a
-        # Anti-windup: never promise more than the EVs could take plus what is still free.
-        drawn = sum(self._drawn_a(k) for k in self.sessions)
-        self.budget_a = max(0.0, min(self.budget_a, cap, drawn + max(error_a, 0.0) + MIN_CURRENT_A * len(self.sessions)))
+        # Anti-windup: never promise more than is promised now plus the measured headroom.
+        self.budget_a = max(0.0, min(self.budget_a, cap, promised + max(error_a, 0.0)))
 
     def _drawn_a(self, key: ConnectorKey) -> float:
         sample = self.samples.get(key)
@@ -171,8 +175,11 @@ class EqualShare(Controller):
         return {k: self._hysteresis(k, v) for k, v in shares.items()}
 
     def _hysteresis(self, key: ConnectorKey, limit_a: float) -> float:
-        # Cut at once (safety); raise only by a meaningful step, so limits do not flap.
+        # Overshoot is cut at once (safety); otherwise a share moves only by a meaningful step,
+        # so that limits do not flap (OSCILLATION; SmartEVSE-3#123, evcc#19166).
         previous = self.shares.get(key)
-        if previous is None or limit_a < previous - 0.2 or limit_a > previous + 1.0 or (limit_a == 0) != (previous == 0):
+        if previous is None or (self._cut and limit_a < previous) or abs(limit_a - previous) >= self.step_a:
+            return limit_a
+        if (limit_a == 0) != (previous == 0):
             return limit_a
         return previous
