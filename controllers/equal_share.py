@@ -25,7 +25,7 @@ class EqualShare(Controller):
     name = "equal_share"
     period_s = 5.0
     meter_poll_s = 1.0
-    meter_value_interval_s = 10.0
+    meter_value_interval_s = 30.0
     margin_a = 1.0  # keep this far under the limit: meter noise and the EVs' lag
     raise_gain = 0.5  # fraction of the headroom added per period (cutting is immediate)
     saturation_a = 2.0  # drawing this much below the offer means the EV wants no more
@@ -91,13 +91,18 @@ class EqualShare(Controller):
     def allocate(self, now: float) -> dict[ConnectorKey, Limit]:
         if not self.sessions:
             return {}
-        self._update_budget()
+        keeps = {}
+        for key in self.sessions:
+            keep = self._saturated(key)
+            if keep is not None:
+                keeps[key] = min(keep, self._station_max_a(key))
+        self._update_budget(keeps)
         budget = max(self.budget_a or 0.0, 0.0)
-        shares = self._share(budget)
+        shares = self._share(budget, keeps)
         self.shares = shares
         return {key: Limit(limit_a) for key, limit_a in shares.items()}
 
-    def _update_budget(self) -> None:
+    def _update_budget(self, keeps: dict[ConnectorKey, float]) -> None:
         cap = sum(self._station_max_a(k) for k in self.sessions)
         self._cut = False
         if self.reading is None:
@@ -106,7 +111,8 @@ class EqualShare(Controller):
             return
         worst_a = max(self.reading.currents_a)
         error_a = self.limit_a - self.margin_a - worst_a
-        promised = sum(self.shares.values())
+        # What the EVs can be drawing now: their shares, except what saturated EVs leave unused.
+        promised = sum(keeps.get(k, self.shares.get(k, 0.0)) for k in self.sessions)
         if self.budget_a is None:
             self.budget_a = promised + error_a
         elif error_a < 0:
@@ -114,7 +120,7 @@ class EqualShare(Controller):
             self._cut = True
         elif error_a > self.deadband_a:
             self.budget_a += self.raise_gain * error_a
-        # Anti-windup: never promise more than is promised now plus the measured headroom.
+        # Anti-windup: never promise more than can be drawn now plus the measured headroom.
         self.budget_a = max(0.0, min(self.budget_a, cap, promised + max(error_a, 0.0)))
 
     def _drawn_a(self, key: ConnectorKey) -> float:
@@ -135,13 +141,9 @@ class EqualShare(Controller):
             return max(sample.max_current_a + self.saturation_a, MIN_CURRENT_A)
         return None
 
-    def _share(self, budget_a: float) -> dict[ConnectorKey, float]:
+    def _share(self, budget_a: float, keeps: dict[ConnectorKey, float]) -> dict[ConnectorKey, float]:
         keys = sorted(self.sessions, key=lambda k: (self.energy_wh.get(k, 0.0), self.sessions[k].started_at))
-        fixed: dict[ConnectorKey, float] = {}
-        for key in keys:
-            keep = self._saturated(key)
-            if keep is not None:
-                fixed[key] = min(keep, self._station_max_a(key))
+        fixed = dict(keeps)
         # Water-filling: saturated EVs keep what they use, the others split the rest equally.
         while True:
             free = [k for k in keys if k not in fixed]
