@@ -255,7 +255,7 @@ class _Run:
                       max_current_a=vehicle.max_current_a, phases=min(vehicle.phases, station.phases),
                       taper_knee_soc=vehicle.taper_knee_soc,
                       # The seed varies each EV's lag within its configured bound.
-                      response_lag_s=vehicle.response_lag_s * self.rng.uniform(0.5, 1.0),
+                      response_lag_s=vehicle.response_lag_s * self.rng.uniform(0.25, 1.0),
                       voltage_v=self.scenario.site.voltage_v)
         ev = EV(spec)
         self.models[station.id].plug(vehicle.connector, ev, vehicle.id, vehicle.id_tag)
