@@ -65,11 +65,6 @@ class EqualShare(Controller):
         for table in (self.sessions, self.samples, self.energy_wh, self.shares):
             table.pop(key, None)
 
-    def on_station_disconnected(self, station_id: str, now: float) -> None:
-        for key in [k for k in self.sessions if k[0] == station_id]:
-            for table in (self.sessions, self.samples, self.energy_wh, self.shares):
-                table.pop(key, None)
-
     def on_meter_sample(self, sample: MeterSample, now: float) -> None:
         key = (sample.station_id, sample.connector_id)
         if key not in self.sessions:
@@ -89,8 +84,8 @@ class EqualShare(Controller):
     # -- the decision -----------------------------------------------------------------------------
 
     def allocate(self, now: float) -> dict[ConnectorKey, Limit]:
-        if not self.sessions:
-            return {}
+        if not self.sessions or (self.reading is None and self.budget_a is None):
+            return {}  # no meter reading yet: the failsafe default profile stays in force
         keeps = {}
         for key in self.sessions:
             keep = self._saturated(key)
@@ -106,7 +101,6 @@ class EqualShare(Controller):
         cap = sum(self._station_max_a(k) for k in self.sessions)
         self._cut = False
         if self.reading is None:
-            # No meter yet: keep what was promised (the failsafe shares at first).
             self.budget_a = min(self.budget_a or 0.0, cap)
             return
         worst_a = max(self.reading.currents_a)

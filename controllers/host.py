@@ -60,7 +60,9 @@ class _StationSession(ChargePoint):
     def __init__(self, station_id: str, ws: Any, host: "ControllerHost") -> None:
         super().__init__(station_id, ws, response_timeout=30)
         self.host = host
-        self.sessions: dict[int, Session] = {}  # connector → running session
+        # connector → running session. Kept by the host per station id, not per websocket: a
+        # transaction outlives a dropped link (the station goes on charging) and must stay managed.
+        self.sessions: dict[int, Session] = host.sessions.setdefault(station_id, {})
 
     @on(Action.boot_notification)
     def on_boot(self, charge_point_vendor: str, charge_point_model: str, **_: Any):
@@ -156,6 +158,7 @@ class ControllerHost:
         self.now = now
         self.heartbeat_s = heartbeat_s
         self.stations: dict[str, _StationSession] = {}
+        self.sessions: dict[str, dict[int, Session]] = {}
         self.sent: dict[tuple[str, int], float] = {}  # last limit sent per connector
         self.transaction_ids = itertools.count(1)
         self._server: Any = None
@@ -258,16 +261,22 @@ class ControllerHost:
         self.sent[(station_id, connector_id)] = limit_a
         tx = session.sessions[connector_id].transaction_id
         profile = _profile(_TX_PROFILE_ID_BASE + connector_id, 1, "TxProfile", limit_a, self.now(), tx)
-        task = asyncio.create_task(self._call(session, call.SetChargingProfile(connector_id=connector_id,
-                                                                               cs_charging_profiles=profile)))
+        task = asyncio.create_task(self._set_limit(session, connector_id, limit_a, profile))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _call(self, session: _StationSession, payload: Any) -> None:
+    async def _set_limit(self, session: _StationSession, connector_id: int, limit_a: float, profile: dict) -> None:
+        answer = None
         try:
-            await session.call(payload)
+            answer = await session.call(call.SetChargingProfile(connector_id=connector_id,
+                                                                cs_charging_profiles=profile))
         except (websockets.ConnectionClosed, asyncio.TimeoutError):
             pass
+        if answer is None or answer.status != "Accepted":
+            # Not in force on the station: forget it, so the next allocation sends it again.
+            key = (session.id, connector_id)
+            if self.sent.get(key) == limit_a:
+                del self.sent[key]
 
     # -- site meter -------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ anything unexpected with an InternalError CallError — each also reported as a 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from typing import Any, Callable
@@ -27,12 +28,18 @@ from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import (
     Action,
     AuthorizationStatus,
+    AvailabilityStatus,
     ChargingProfileStatus,
+    ClearCacheStatus,
     ClearChargingProfileStatus,
     ConfigurationStatus,
     GetCompositeScheduleStatus,
     RegistrationStatus,
+    DataTransferStatus,
     RemoteStartStopStatus,
+    ResetStatus,
+    TriggerMessageStatus,
+    UnlockStatus,
 )
 
 from bench.clock import SimClock
@@ -122,22 +129,34 @@ class _Link(ChargePoint):
     def __init__(self, station: "Station16", ws: Any) -> None:
         super().__init__(station.model.id, _RecordingSocket(ws, station.record), response_timeout=30)
         self.station = station
+        self._last_inbound = ""
 
     async def route_message(self, raw_msg: str) -> None:
+        self._last_inbound = raw_msg
+        if self.station.pending_starts:
+            self.station.confirm_start(raw_msg)
         try:
             await super().route_message(raw_msg)
         except OCPPError:
             raise
         except Exception as error:  # a bug or absurd input must not end the session
-            self.station.report("station_error", {"error": repr(error), "raw": raw_msg[:2000]})
             try:
                 frame = json.loads(raw_msg)
                 if isinstance(frame, list) and len(frame) >= 3 and frame[0] == 2:
                     await self._send(json.dumps([4, frame[1], "InternalError", str(error)[:200], {}]))
+                else:
+                    self.station.report("station_error", {"error": repr(error), "request": raw_msg[:2000]})
             except (ValueError, TypeError):
-                pass
+                self.station.report("station_error", {"error": repr(error), "request": raw_msg[:2000]})
             except websockets.ConnectionClosed:
                 pass
+
+    async def _send(self, message: str) -> None:
+        if message.startswith("[4"):
+            # The library answers schema violations itself; each is a finding about the CSMS.
+            self.station.report("station_error", {"callerror": message[:1000],
+                                                  "request": self._last_inbound[:2000]})
+        await super()._send(message)
 
     # -- smart charging -------------------------------------------------------------------------
 
@@ -175,6 +194,35 @@ class _Link(ChargePoint):
     def on_change_configuration(self, key: str, value: str, **_: Any):
         return call_result.ChangeConfiguration(self.station.config.change(key, value))
 
+    # -- remote trigger and the rest of Core (OCPP 1.6 §5) -------------------------------------------
+
+    @on(Action.trigger_message)
+    def on_trigger_message(self, requested_message: str, connector_id: int | None = None, **_: Any):
+        accepted = self.station.trigger(requested_message, connector_id)
+        return call_result.TriggerMessage(TriggerMessageStatus.accepted if accepted
+                                          else TriggerMessageStatus.not_implemented)
+
+    @on(Action.change_availability)
+    def on_change_availability(self, connector_id: int, type: str, **_: Any):
+        return call_result.ChangeAvailability(self.station.change_availability(connector_id, type))
+
+    @on(Action.reset)
+    def on_reset(self, type: str, **_: Any):
+        asyncio.get_running_loop().create_task(self.station.reboot())
+        return call_result.Reset(ResetStatus.accepted)
+
+    @on(Action.clear_cache)
+    def on_clear_cache(self, **_: Any):
+        return call_result.ClearCache(ClearCacheStatus.accepted)  # it keeps no authorisation cache
+
+    @on(Action.unlock_connector)
+    def on_unlock_connector(self, connector_id: int, **_: Any):
+        return call_result.UnlockConnector(UnlockStatus.not_supported)  # tethered cables have no lock
+
+    @on(Action.data_transfer)
+    def on_data_transfer(self, vendor_id: str, **_: Any):
+        return call_result.DataTransfer(DataTransferStatus.unknown_vendor_id)
+
     # -- remote control -------------------------------------------------------------------------
 
     @on(Action.remote_start_transaction)
@@ -211,6 +259,8 @@ class Station16:
         self.online = asyncio.Event()
         self._stopping = False
         self._tx_lock = asyncio.Lock()
+        self.pending_starts: dict[str, int] = {}  # StartTransaction unique id → connector
+        self._start_ids = itertools.count(1)
 
     # -- connection lifecycle -------------------------------------------------------------------
 
@@ -318,13 +368,13 @@ class Station16:
                            "location": "EV"})
         return {"timestamp": self.clock.iso(), "sampled_value": values}
 
-    async def _call(self, payload: Any) -> Any:
+    async def _call(self, payload: Any, unique_id: str | None = None) -> Any:
         """Send a CALL; a dropped link or a CallError answer yields None instead of an exception."""
         link = self.link
         if link is None:
             return None
         try:
-            return await link.call(payload)
+            return await link.call(payload, unique_id=unique_id)
         except (websockets.ConnectionClosed, asyncio.TimeoutError) as error:
             self.report("station_error", {"action": type(payload).__name__, "error": repr(error)})
             return None
@@ -351,16 +401,38 @@ class Station16:
 
     async def _start_transaction(self, connector_id: int, id_tag: str) -> None:
         port = self.model.ports[connector_id]
-        answer = await self._call(call.StartTransaction(connector_id=connector_id, id_tag=id_tag,
-                                                        meter_start=int(port.meter_wh),
-                                                        timestamp=self.clock.iso()))
+        unique_id = f"start-{self.model.id}-{connector_id}-{next(self._start_ids)}"
+        self.pending_starts[unique_id] = connector_id
+        try:
+            answer = await self._call(call.StartTransaction(connector_id=connector_id, id_tag=id_tag,
+                                                            meter_start=int(port.meter_wh),
+                                                            timestamp=self.clock.iso()), unique_id=unique_id)
+        finally:
+            self.pending_starts.pop(unique_id, None)
         if answer is None or port.ev is None:
             return
-        if answer.id_tag_info.get("status") != AuthorizationStatus.accepted:
-            self.report("station_error", {"connector": connector_id, "error": "transaction not accepted"})
+        if port.transaction_id is None:
+            self.report("station_error", {"connector": connector_id, "error": "transaction not accepted",
+                                          "answer": answer.id_tag_info})
             return
-        self.model.start_transaction(connector_id, answer.transaction_id, self.clock.epoch())
         await self._status(connector_id, "Charging")
+
+    def confirm_start(self, raw: str) -> None:
+        """Make a transaction active the moment its StartTransaction.conf arrives.
+
+        A CSMS may send the TxProfile right behind the conf (often in the same TCP read); the
+        transaction must already be running when that profile is judged (OCPP 1.6 §3.13.3).
+        """
+        try:
+            frame = json.loads(raw)
+            connector_id = self.pending_starts.get(frame[1]) if frame[0] == 3 else None
+            if connector_id is None:
+                return
+            payload = frame[2]
+            if payload["idTagInfo"]["status"] == "Accepted" and self.model.ports[connector_id].ev is not None:
+                self.model.start_transaction(connector_id, payload["transactionId"], self.clock.epoch())
+        except (ValueError, TypeError, KeyError, IndexError):
+            return  # the library's own validation will answer for a malformed conf
 
     async def unplug(self, connector_id: int) -> None:
         """The EV leaves: stop its transaction (if any) and free the connector."""
@@ -416,6 +488,49 @@ class Station16:
                                "charging_rate_unit": schedule.rate_unit,
                                "charging_schedule_period": periods},
         )
+
+    def trigger(self, requested: str, connector_id: int | None) -> bool:
+        """TriggerMessage (OCPP 1.6 §5.17): send the requested message soon after the answer."""
+        if connector_id is not None and connector_id not in self.model.ports:
+            return False
+        ports = [self.model.ports[connector_id]] if connector_id else list(self.model.ports.values())
+        if requested == "StatusNotification":
+            sends = [self._status(p.id, p.status) for p in ports]
+        elif requested == "MeterValues":
+            sends = [self._call(call.MeterValues(connector_id=p.id, transaction_id=p.transaction_id,
+                                                 meter_value=[self._sample(p)])) for p in ports]
+        elif requested == "Heartbeat":
+            sends = [self._call(call.Heartbeat())]
+        elif requested == "BootNotification":
+            sends = [self._call(call.BootNotification(charge_point_model=self.product,
+                                                      charge_point_vendor=self.vendor))]
+        else:
+            return False
+
+        async def send_all() -> None:
+            await asyncio.sleep(0)  # after the TriggerMessage answer has gone out
+            for send in sends:
+                await send
+
+        asyncio.get_running_loop().create_task(send_all())
+        return True
+
+    def change_availability(self, connector_id: int, kind: str) -> str:
+        targets = list(self.model.ports) if connector_id == 0 else [connector_id]
+        if any(c not in self.model.ports for c in targets):
+            return AvailabilityStatus.rejected
+        if any(self.model.ports[c].transaction_id is not None for c in targets) and kind == "Inoperative":
+            return AvailabilityStatus.scheduled  # takes effect when the transaction ends (§5.2)
+        status = "Unavailable" if kind == "Inoperative" else "Available"
+        for c in targets:
+            asyncio.get_running_loop().create_task(self._status(c, status))
+        return AvailabilityStatus.accepted
+
+    async def reboot(self) -> None:
+        """Reset: close the link after the answer; :meth:`run` reconnects and boots again."""
+        await asyncio.sleep(0)
+        if self._ws is not None:
+            await self._ws.close()
 
     def remote_start(self, id_tag: str, connector_id: int | None, profile: dict | None) -> bool:
         candidates = [connector_id] if connector_id else list(self.model.ports)

@@ -629,11 +629,6 @@ def test_equal_share_splits_the_site_limit_between_stations():
     virtual(main)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG controllers/host.py: _send_limit records a limit in `sent` before the station answered and _call "
-    "ignores the answer, so a SetChargingProfile the station Rejected (or that timed out / got a CALLERROR) "
-    "is never retried while the controller keeps wanting the same limit: the host believes the station is "
-    "limited when it is not."))
 def test_a_rejected_tx_profile_is_sent_again():
     async def main():
         probe = Probe()
@@ -659,11 +654,6 @@ def test_a_rejected_tx_profile_is_sent_again():
     virtual(main)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG controllers/host.py: the host keeps sessions per websocket (_StationSession.sessions). When a "
-    "station's link drops and it reconnects while its transaction keeps running, the new session knows no "
-    "transaction, so _send_limit drops every later decision for that connector and the controller never "
-    "hears of the session again (no on_session_started) - the EV runs unmanaged until it leaves."))
 def test_a_transaction_that_survives_a_reconnect_is_still_controlled():
     async def main():
         probe = Probe()
@@ -680,5 +670,20 @@ def test_a_transaction_that_survives_a_reconnect_is_still_controlled():
             probe.limits[("CP1", 1)] = 7.0
             await asyncio.sleep(60)
             assert cp1.tx_profiles(1)[0].schedule.periods[0].limit == 7.0
+
+    virtual(main)
+
+
+def test_equal_share_keeps_the_failsafe_share_until_the_meter_is_read():
+    async def main():
+        site = SiteConfig(limit_a=32.0, stations=(StationConfig("CP1"), StationConfig("CP2")))
+        controller = EqualShare(site)
+        async with host_rig(controller, {"CP1": 1}) as rig:  # no site meter (yet)
+            cp1 = rig["CP1"]
+            await rig.until(lambda: cp1.model.engine.profiles(0), what="failsafe")
+            await rig.plug("CP1")
+            await asyncio.sleep(30)
+            cp1.step(rig.clock, 5)
+            assert cp1.model.ports[1].offered_a == pytest.approx(16.0)  # floor(32 A / 2 stations)
 
     virtual(main)

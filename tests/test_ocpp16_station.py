@@ -631,12 +631,6 @@ def test_tx_profile_accepted_during_a_transaction_and_dropped_at_its_end():
     virtual(main)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG emulators/ocpp16.py: the station makes the transaction active (model.start_transaction) only when "
-    "the plug_in/_remote_start task resumes after StartTransaction.conf, not when the listener routes the "
-    "conf. A SetChargingProfile(TxProfile) for that transaction that arrives in the same TCP read as the conf "
-    "(a CSMS sending it right away, as controllers.host does on wake) is handled first and Rejected with "
-    "'TxProfile without an active transaction', although the CSMS already gave the transactionId."))
 def test_tx_profile_right_behind_start_transaction_conf_is_accepted():
     async def main():
         csms_frames: list[str] = []
@@ -758,11 +752,6 @@ def test_non_finite_limit_gets_an_internal_error_and_is_reported():
     virtual(main)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG emulators/ocpp16.py: the module docstring promises that schema violations from the CSMS are "
-    "'each also reported as a station_error', but _Link.route_message only reports non-OCPPError "
-    "exceptions; the ocpp library answers schema violations itself inside ChargePoint.route_message, so "
-    "a controller sending a malformed SetChargingProfile leaves no station_error event (only the raw frames)."))
 def test_schema_invalid_set_charging_profile_is_reported_as_station_error():
     async def main():
         async with rig() as r:
@@ -978,11 +967,6 @@ def test_remote_start_with_a_charging_profile_installs_it_for_the_transaction():
     virtual(main)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG emulators/ocpp16.py: the station advertises SupportedFeatureProfiles 'Core,SmartCharging,RemoteTrigger' "
-    "but has no TriggerMessage handler, so a CSMS that asks for a MeterValues/StatusNotification trigger gets a "
-    "NotImplemented CALLERROR (OCPP 1.6 §5.17; the same holds for the Core messages Reset, ChangeAvailability, "
-    "UnlockConnector, ClearCache and DataTransfer)."))
 def test_trigger_message_is_supported_as_advertised():
     async def main():
         async with rig() as r:
