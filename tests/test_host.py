@@ -19,7 +19,6 @@ from typing import Any, Callable
 import pytest
 import websockets
 
-from bench import clock as bench_clock
 from bench.clock import SimClock
 from controllers.api import Controller, Limit, MeterSample, Session, SiteConfig, SiteReading, StationConfig
 from controllers.equal_share import EqualShare
@@ -28,35 +27,9 @@ from emulators.ev import EV, EVSpec
 from emulators.meter import MeterReading, MeterServer
 from emulators.ocpp16 import Station16
 from emulators.station import StationModel
+from virtual_time import Watch, virtual
 
 START_EPOCH = 1_718_000_000.0
-
-
-class Watch:
-    """Wakes waiters whenever something observable happened."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def poke(self) -> None:
-        self._event.set()
-
-    async def until(self, predicate: Callable[[], Any], timeout_s: float = 600.0, what: str = "") -> Any:
-        """Wait (virtual seconds) until ``predicate()`` is truthy; return its value."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            value = predicate()
-            if value:
-                return value
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(f"timed out after {timeout_s} virtual s waiting for {what or predicate}")
-            self._event.clear()
-            try:
-                await asyncio.wait_for(self._event.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
 
 
 WATCH: Watch | None = None  # the running test's watch; controllers poke it
@@ -226,10 +199,6 @@ async def host_rig(controller: Controller, stations: dict[str, int] | None = Non
             await _stop_station(emulated)
         await host.stop()
         WATCH = None
-
-
-def virtual(main: Callable[[], Any]) -> Any:
-    return bench_clock.run(main)
 
 
 async def configured(rig: HostRig, station_id: str, interval: str = "15") -> None:
@@ -532,7 +501,7 @@ def test_station_without_ocpp16_subprotocol_is_refused_and_others_are_served():
                     await asyncio.wait_for(ws.recv(), 30)
                 assert closed.value.rcvd is not None and closed.value.rcvd.code == 1002
 
-            cp1 = await rig.add_station("CP1")
+            await rig.add_station("CP1")
             await configured(rig, "CP1")
             assert set(rig.host.stations) == {"CP1"}
             assert probe.of("booted") == [("CP1", "evbench", "virtual-ac")]

@@ -25,11 +25,11 @@ from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus
 
-from bench import clock as bench_clock
 from bench.clock import SimClock, iso_z
 from emulators.ev import EV, EVSpec
 from emulators.ocpp16 import Station16
 from emulators.station import StationModel
+from virtual_time import Watch, virtual
 
 START_EPOCH = 1_718_000_000.0  # 2024-06-10T06:13:20Z, a whole second
 STATION_ID = "CP-TEST"
@@ -38,33 +38,6 @@ STATION_ID = "CP-TEST"
 # --------------------------------------------------------------------------------------------------------------
 # The CSMS of these tests
 # --------------------------------------------------------------------------------------------------------------
-
-
-class Watch:
-    """Wakes waiters whenever something observable happened (a frame, a handler call)."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def poke(self) -> None:
-        self._event.set()
-
-    async def until(self, predicate: Callable[[], Any], timeout_s: float = 600.0, what: str = "") -> Any:
-        """Wait (virtual seconds) until ``predicate()`` is truthy; return its value."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            value = predicate()
-            if value:
-                return value
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(f"timed out after {timeout_s} virtual s waiting for {what or predicate}")
-            self._event.clear()
-            try:
-                await asyncio.wait_for(self._event.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
 
 
 class Tap:
@@ -274,11 +247,6 @@ async def rig(connectors: int = 1, meter_value_interval_s: float = 60.0, heartbe
                 await asyncio.gather(task, return_exceptions=True)
     finally:
         await csms.stop()
-
-
-def virtual(main: Callable[[], Any]) -> Any:
-    """Run ``main`` on a fresh SimLoop in virtual time."""
-    return bench_clock.run(main)
 
 
 def ev(initial_soc: float = 0.2, **kw: Any) -> EV:
