@@ -264,20 +264,12 @@ class _Run:
         return ev
 
     def _depart(self, vehicle: Any, ev: EV, t: float) -> None:
-        emulator = self.stations[vehicle.station]
         self._record_vehicle(vehicle, ev, t)
         self.recorder.event(t, "vehicle_departed", vehicle.station,
                             {"ev": vehicle.id, "energy_kwh": round(ev.energy_kwh, 3), "soc": round(ev.soc, 4)})
-
-        async def leave() -> None:
-            await emulator.unplug(vehicle.connector)
-            emulator.model.unplug(vehicle.connector)
-
-        # The car is gone at once (its current stops this step); the messages follow.
-        port = emulator.model.ports[vehicle.connector]
-        port.ev = None
-        port.currents_a = (0.0, 0.0, 0.0)
-        self._spawn(leave())
+        # The car is gone at once (its current stops this step); the OCPP messages follow.
+        self.models[vehicle.station].unplug(vehicle.connector)
+        self._spawn(self.stations[vehicle.station].unplug(vehicle.connector))
 
     def _record_vehicle(self, vehicle: Any, ev: EV, until_s: float) -> None:
         station = self.scenario.station(vehicle.station)
@@ -342,7 +334,6 @@ def run_scenario(scenario: str | Path | Scenario = DEFAULT_SCENARIO, controller:
         bench_clock.run(run.execute, speed=speed)
     except KeyboardInterrupt:
         recorder.event(run._now() if run.clock else 0.0, "run_interrupted", None, {"reason": "KeyboardInterrupt"})
-        recorder.close()
         raise
     finally:
         recorder.close()

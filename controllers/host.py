@@ -18,6 +18,7 @@ import itertools
 import logging
 import math
 import time
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import websockets
@@ -38,8 +39,6 @@ _FAILSAFE_PROFILE_ID = 1
 
 
 def _epoch(text: str | None, fallback: float) -> float:
-    from datetime import datetime
-
     if not text:
         return fallback
     try:
@@ -49,8 +48,6 @@ def _epoch(text: str | None, fallback: float) -> float:
 
 
 def _iso(epoch: float) -> str:
-    from datetime import datetime, timezone
-
     return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 

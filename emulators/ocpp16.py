@@ -101,6 +101,7 @@ class _Configuration:
             "SupportedFeatureProfiles",
         }
         self.integers = {"HeartbeatInterval", "MeterValueSampleInterval"}
+        self.measurands = frozenset(self.values["MeterValuesSampledData"].split(","))
         self.changed = asyncio.Event()
 
     def seconds(self, key: str) -> float:
@@ -119,6 +120,8 @@ class _Configuration:
                 return ConfigurationStatus.rejected
             value = str(int(value))
         self.values[key] = value
+        if key == "MeterValuesSampledData":
+            self.measurands = frozenset(value.split(","))
         self.changed.set()
         return ConfigurationStatus.accepted
 
@@ -349,7 +352,7 @@ class Station16:
                                                       meter_value=[self._sample(port)]))
 
     def _sample(self, port: Any) -> dict:
-        measurands = set(self.config.values["MeterValuesSampledData"].split(","))
+        measurands = self.config.measurands
         values: list[dict] = []
         if "Current.Import" in measurands:
             n = 3 if self.model.phases == 3 else 1
@@ -435,15 +438,22 @@ class Station16:
             return  # the library's own validation will answer for a malformed conf
 
     async def unplug(self, connector_id: int) -> None:
-        """The EV leaves: stop its transaction (if any) and free the connector."""
+        """The EV leaves: free the connector, stop its transaction (if any), report Available."""
+        self.model.unplug(connector_id)
         async with self._tx_lock:
-            port = self.model.ports[connector_id]
-            tx = port.transaction_id
-            if tx is not None:
-                self.model.stop_transaction(connector_id)
-                await self._call(call.StopTransaction(meter_stop=int(port.meter_wh), timestamp=self.clock.iso(),
-                                                      transaction_id=tx, reason="EVDisconnected"))
+            await self._stop_transaction(connector_id, "EVDisconnected")
             await self._status(connector_id, "Available")
+
+    async def _stop_transaction(self, connector_id: int, reason: str) -> bool:
+        """End the connector's transaction, if one runs; True if there was one."""
+        port = self.model.ports[connector_id]
+        tx = port.transaction_id
+        if tx is None:
+            return False
+        self.model.stop_transaction(connector_id)
+        await self._call(call.StopTransaction(meter_stop=int(port.meter_wh), timestamp=self.clock.iso(),
+                                              transaction_id=tx, reason=reason))
+        return True
 
     async def ev_full(self, connector_id: int) -> None:
         await self._status(connector_id, "SuspendedEV")
@@ -556,11 +566,5 @@ class Station16:
 
     async def _remote_stop(self, connector_id: int) -> None:
         async with self._tx_lock:
-            port = self.model.ports[connector_id]
-            tx = port.transaction_id
-            if tx is None:
-                return
-            self.model.stop_transaction(connector_id)
-            await self._call(call.StopTransaction(meter_stop=int(port.meter_wh), timestamp=self.clock.iso(),
-                                                  transaction_id=tx, reason="Remote"))
-            await self._status(connector_id, "Finishing")
+            if await self._stop_transaction(connector_id, "Remote"):
+                await self._status(connector_id, "Finishing")
