@@ -87,10 +87,6 @@ class SimLoop(asyncio.SelectorEventLoop):
             if speed != 1:
                 self._selector = _ScaledSelector(self._selector, speed)
 
-    @property
-    def virtual(self) -> bool:
-        return self.speed is None
-
     def time(self) -> float:
         if self.speed is None:
             return self._virtual_now

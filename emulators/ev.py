@@ -221,7 +221,3 @@ class EV:
         """Power drawn during the latest step: current × voltage × phases [W] (unity power factor)."""
         return self.current_a * self.spec.voltage_v * self.spec.phases
 
-    @property
-    def following_a(self) -> float:
-        """The offer the EV followed in the latest step, per phase [A]: the last one whose lag had elapsed."""
-        return self._limit_a
