@@ -3,13 +3,14 @@
 This module owns what is physically true of one station: its connectors, which EV is plugged
 into which, the transaction running on each, the energy register, the profile engine that turns
 charging profiles into a limit, and the offer (the pilot PWM current) each connector makes. It
-does no I/O; the protocol adapters (:mod:`emulators.ocpp16`) translate OCPP messages into calls
-on it, and the runner steps its physics.
+does no I/O; the protocol adapters (:mod:`emulators.ocpp16`, :mod:`emulators.ocpp201`) translate
+OCPP messages into calls on it, and the runner steps its physics.
 
 The offer on a connector follows DESIGN.md: min(hardware max, composite limit), where a station
 max profile covers all connectors together, so it is shared equally among the connectors that
 are charging (OCPP 1.6 §3.13.3: "ChargePointMaxProfile … limits the overall power or current of
-the whole charge point").
+the whole charge point"; 2.0.1 K01: the station's limit is min(ChargingStationMaxProfile, sum of
+the EVSEs' limits)).
 """
 
 from __future__ import annotations
@@ -58,9 +59,14 @@ class StationModel:
     voltage_v: float = 230.0
     engine: ProfileEngine = field(init=False)
     ports: dict[int, Connector] = field(init=False)
+    version: str = "1.6"  # the OCPP version whose profile rules the engine applies: "1.6" or "2.0.1"
+    # The station-wide limit on all connectors together [A per phase] at the latest step; None = none.
+    station_limit_a: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.engine = ProfileEngine(self.connectors, voltage_v=self.voltage_v, default_phases=self.phases)
+        self.engine = ProfileEngine(
+            self.connectors, voltage_v=self.voltage_v, default_phases=self.phases, version=self.version
+        )
         self.ports = {c: Connector(c) for c in range(1, self.connectors + 1)}
 
     # -- what the outside world does to the station ---------------------------------------------
@@ -128,6 +134,7 @@ class StationModel:
 
     def _max_profile_share_a(self, epoch: float) -> float | None:
         station_limit = self.engine.max_profile_limit_a(epoch, self.phases)
+        self.station_limit_a = station_limit
         if station_limit is None:
             return None
         charging = sum(1 for p in self.ports.values() if p.charging_allowed)
