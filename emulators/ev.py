@@ -21,6 +21,12 @@ The rules, and where they come from:
   charging, the same two-stage shape as acnportal's ``Linear2StageBattery``.
 - Grid energy per step is I × U × phases × dt (unity power factor, balanced phases);
   ``efficiency`` of it reaches the battery.
+- A basic IEC 61851 EV says nothing about itself beyond drawing current. An ISO 15118 EV
+  (``iso15118``) also tells the station its charging needs at session start — departure time,
+  energy still wanted, its minimum and maximum current and, when bidirectional, its discharge
+  limit and minimum SoC (ISO 15118-2 ChargeParameterDiscovery, which an OCPP 2.0.1 station
+  forwards as NotifyEVChargingNeeds) — and renegotiates when the driver changes them. It follows
+  the schedule it is given the same way: through the limit the station imposes on it.
 
 ``step`` is the hot path (once per second per EV, thousands of EVs): it touches only preset
 attributes, allocates nothing but the floats Python must, and the offer queue only changes when
@@ -32,7 +38,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["EVSpec", "EV"]
+__all__ = ["ChargingNeeds", "EVSpec", "EV"]
 
 # An offer falls due at "offer time + lag". Times arrive as floats summed from steps
 # (0.1 + 0.1 + ... ), so an offer due at 5.0 s would otherwise be missed by the step that
@@ -61,6 +67,10 @@ class EVSpec:
     response_lag_s: float = 2.0  # time to follow a changed offer (IEC 61851-1 allows up to 5 s)
     voltage_v: float = 230.0  # phase-to-neutral
     efficiency: float = 1.0  # fraction of grid energy stored in the battery
+    iso15118: bool = False  # tells its needs (departure, energy, current bounds) at session start
+    departure_s: float | None = None  # [s] scenario time the driver leaves, if the EV knows it
+    discharge_max_current_a: float = 0.0  # per phase when discharging (V2G); 0 = not bidirectional
+    min_soc: float = 0.0  # never discharged below this
 
     def __post_init__(self) -> None:
         # A scenario loader validates first; this is the second net, so a wrong EV fails at
@@ -87,8 +97,31 @@ class EVSpec:
             problems.append(f"voltage_v must be > 0, got {self.voltage_v!r}")
         if not 0.0 < self.efficiency <= 1.0:
             problems.append(f"efficiency must be within (0, 1], got {self.efficiency!r}")
+        if not self.discharge_max_current_a >= 0:
+            problems.append(f"discharge_max_current_a must be >= 0, got {self.discharge_max_current_a!r}")
+        if not 0.0 <= self.min_soc <= 1.0:
+            problems.append(f"min_soc must be within 0..1, got {self.min_soc!r}")
         if problems:
             raise ValueError("invalid EVSpec: " + "; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class ChargingNeeds:
+    """What an ISO 15118 EV tells the station (ChargeParameterDiscovery; OCPP 2.0.1 K15).
+
+    ``departure_s`` scenario seconds (None: the driver gave none); ``energy_wh`` grid energy still
+    wanted to reach ``target_soc``; currents per phase [A]; ``max_voltage_v`` phase-to-neutral.
+    """
+
+    departure_s: float | None
+    energy_wh: float
+    min_current_a: float
+    max_current_a: float
+    phases: int
+    max_voltage_v: float
+    discharge_max_current_a: float
+    min_soc: float
+    target_soc: float
 
 
 class EV:
@@ -115,6 +148,8 @@ class EV:
         "_kwh_per_amp_second",
         "_soc_per_kwh",
         "_taper_slope_a_per_soc",
+        "_departure_s",
+        "_target_soc",
     )
 
     def __init__(self, spec: EVSpec) -> None:
@@ -126,6 +161,8 @@ class EV:
         self._pending: deque[tuple[float, float]] = deque()
         self._last_offer_s = float("-inf")
         self._limit_a = 0.0  # the offer the EV follows now
+        self._departure_s = spec.departure_s
+        self._target_soc = spec.target_soc
         self._requested_kwh = max(0.0, spec.target_soc - spec.initial_soc) * spec.battery_kwh / spec.efficiency
         self._done = self._requested_kwh <= 0.0
         # Constants of the hot path, computed once.
@@ -194,17 +231,58 @@ class EV:
         if step_kwh >= remaining_kwh:
             current_a = remaining_kwh / (dt_s * self._kwh_per_amp_second)
             self.energy_kwh = self._requested_kwh
-            self.soc = spec.target_soc
+            self.soc = self._target_soc
             self._done = True
         else:
             self.energy_kwh += step_kwh
             soc = spec.initial_soc + self.energy_kwh * self._soc_per_kwh
             # Rounding must not show a SoC past the target before the EV is done.
-            self.soc = soc if soc < spec.target_soc else spec.target_soc
+            self.soc = soc if soc < self._target_soc else self._target_soc
         self.current_a = current_a
         return current_a
 
     # -- derived --------------------------------------------------------------------------------
+
+    def needs(self) -> ChargingNeeds | None:
+        """The charging needs an ISO 15118 EV states now; None for a basic IEC 61851 EV."""
+        spec = self.spec
+        if not spec.iso15118:
+            return None
+        return ChargingNeeds(
+            departure_s=self._departure_s,
+            energy_wh=max(self._requested_kwh - self.energy_kwh, 0.0) * _WATTS_PER_KILOWATT,
+            min_current_a=spec.min_current_a,
+            max_current_a=spec.max_current_a,
+            phases=spec.phases,
+            max_voltage_v=spec.voltage_v,
+            discharge_max_current_a=spec.discharge_max_current_a,
+            min_soc=spec.min_soc,
+            target_soc=self._target_soc,
+        )
+
+    def change_needs(self, departure_s: float | None = None, target_soc: float | None = None) -> ChargingNeeds | None:
+        """The driver changed the departure time or the wanted SoC mid-session (ISO 15118 renegotiation).
+
+        Returns the new needs (None for a basic EV, which keeps its target: it has no way to say
+        it changed). A target at or below the SoC reached makes the EV done; a higher one makes a
+        done EV draw again.
+        """
+        if not self.spec.iso15118:
+            return None
+        if departure_s is not None:
+            self._departure_s = departure_s
+        if target_soc is not None:
+            if not 0.0 <= target_soc <= 1.0:
+                raise ValueError(f"target_soc must be within 0..1, got {target_soc!r}")
+            spec = self.spec
+            self._target_soc = max(target_soc, spec.initial_soc)
+            self._requested_kwh = (self._target_soc - spec.initial_soc) * spec.battery_kwh / spec.efficiency
+            if self.energy_kwh >= self._requested_kwh:
+                self._requested_kwh = self.energy_kwh
+                self._done = True
+            else:
+                self._done = False
+        return self.needs()
 
     @property
     def done(self) -> bool:

@@ -237,3 +237,50 @@ def test_energy_and_current_stay_within_bounds(
         assert initial_soc <= ev.soc <= max(target_soc, initial_soc)
     assert ev.energy_kwh == pytest.approx(drawn_kwh, rel=1e-9, abs=1e-12)
     assert ev.soc == pytest.approx(initial_soc + ev.energy_kwh * efficiency / battery_kwh, abs=1e-12)
+
+
+# -- ISO 15118 mode ----------------------------------------------------------------------------------
+
+
+def test_basic_ev_states_no_needs_and_cannot_renegotiate():
+    ev = make_ev()
+    assert ev.needs() is None
+    assert ev.change_needs(departure_s=100.0, target_soc=0.9) is None
+    assert ev.requested_kwh == pytest.approx(36.0)  # unchanged: a basic EV cannot say it changed
+
+
+def test_iso15118_needs_report_departure_energy_and_bounds():
+    ev = make_ev(iso15118=True, departure_s=3600.0, max_current_a=16.0, phases=1,
+                 discharge_max_current_a=10.0, min_soc=0.3)
+    needs = ev.needs()
+    assert needs.departure_s == 3600.0
+    assert needs.energy_wh == pytest.approx(36_000.0)
+    assert (needs.min_current_a, needs.max_current_a, needs.phases) == (6.0, 16.0, 1)
+    assert (needs.discharge_max_current_a, needs.min_soc, needs.target_soc) == (10.0, 0.3, 0.8)
+    ev.offer(16.0, 0.0)
+    run(ev, 0.0, 600.0)
+    # 16 A x 230 V x 1 phase for 598 s (2 s lag) ≈ 611 Wh less to go.
+    assert ev.needs().energy_wh == pytest.approx(36_000.0 - 16 * 230 * 598 / 3600, rel=1e-9)
+
+
+def test_renegotiation_changes_target_and_departure():
+    ev = make_ev(iso15118=True, departure_s=3600.0, battery_kwh=10.0, initial_soc=0.5, target_soc=0.6)
+    ev.offer(32.0, 0.0)
+    run(ev, 0.0, 3600.0)
+    assert ev.done and ev.soc == pytest.approx(0.6)
+    needs = ev.change_needs(departure_s=7200.0, target_soc=0.8)
+    assert not ev.done and needs.departure_s == 7200.0
+    assert needs.energy_wh == pytest.approx(2000.0)
+    run(ev, 3600.0, 7200.0)
+    assert ev.done and ev.soc == pytest.approx(0.8) and ev.energy_kwh == pytest.approx(3.0)
+    # Lowering the target below what is already in the battery: done, and nothing more is wanted.
+    assert ev.change_needs(target_soc=0.55).energy_wh == 0.0 and ev.done
+
+
+def test_invalid_iso_fields_are_refused():
+    with pytest.raises(ValueError, match="discharge_max_current_a"):
+        make_ev(discharge_max_current_a=-1.0)
+    with pytest.raises(ValueError, match="min_soc"):
+        make_ev(min_soc=1.5)
+    with pytest.raises(ValueError, match="target_soc"):
+        make_ev(iso15118=True).change_needs(target_soc=2.0)
