@@ -29,7 +29,7 @@ _compiled: dict[tuple[str, str], "_CompiledValidator"] = {}
 
 class _CompiledValidator:
     def __init__(self, schema: dict, decimal_payloads: bool) -> None:
-        self._validate = fastjsonschema.compile(schema)
+        self._validate = fastjsonschema.compile(schema, use_default=False)  # validate, never fill in defaults
         self._decimal_payloads = decimal_payloads
 
     def validate(self, payload: Any) -> None:

@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import json
 import logging
-from typing import Any, Callable
+from typing import Any
 
 import websockets
 from ocpp.exceptions import OCPPError
@@ -33,9 +33,9 @@ from ocpp.v16.enums import (
     ClearCacheStatus,
     ClearChargingProfileStatus,
     ConfigurationStatus,
+    DataTransferStatus,
     GetCompositeScheduleStatus,
     RegistrationStatus,
-    DataTransferStatus,
     RemoteStartStopStatus,
     ResetStatus,
     TriggerMessageStatus,
@@ -43,38 +43,15 @@ from ocpp.v16.enums import (
 )
 
 from bench.clock import SimClock
-from emulators.profiles import ProfileError, parse_profile
 from controllers import ocpp_fastpath
+from emulators.profiles import ProfileError, parse_profile
 from emulators.station import StationModel
+from emulators.station_link import Record, RecordingSocket, Report, StationLink
 
 ocpp_fastpath.install()
 logging.getLogger("ocpp").setLevel(logging.CRITICAL)
 
 SUBPROTOCOL = "ocpp1.6"
-_MAX_BACKOFF_S = 30.0
-
-Record = Callable[[str, str], None]  # (direction, raw frame)
-Report = Callable[[str, dict], None]  # (event kind, detail)
-
-
-class _RecordingSocket:
-    """The websocket as the ocpp library sees it, copying every frame to the recorder."""
-
-    def __init__(self, ws: Any, record: Record) -> None:
-        self._ws = ws
-        self._record = record
-
-    async def recv(self) -> str:
-        raw = await self._ws.recv()
-        if isinstance(raw, bytes):
-            raw = raw.decode("utf-8", "replace")
-        self._record("to_station", raw)
-        return raw
-
-    async def send(self, raw: str) -> None:
-        self._record("from_station", raw)
-        await self._ws.send(raw)
-
 
 class _Configuration:
     """The station's configuration keys (OCPP 1.6 §9.1, §9.4 Smart Charging)."""
@@ -130,7 +107,7 @@ class _Link(ChargePoint):
     """One websocket session with the CSMS; handlers for what the CSMS may ask."""
 
     def __init__(self, station: "Station16", ws: Any) -> None:
-        super().__init__(station.model.id, _RecordingSocket(ws, station.record), response_timeout=30)
+        super().__init__(station.model.id, RecordingSocket(ws, station.record), response_timeout=30)
         self.station = station
         self._last_inbound = ""
 
@@ -149,7 +126,7 @@ class _Link(ChargePoint):
                     await self._send(json.dumps([4, frame[1], "InternalError", str(error)[:200], {}]))
                 else:
                     self.station.report("station_error", {"error": repr(error), "request": raw_msg[:2000]})
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, RecursionError):
                 self.station.report("station_error", {"error": repr(error), "request": raw_msg[:2000]})
             except websockets.ConnectionClosed:
                 pass
@@ -244,57 +221,25 @@ class _Link(ChargePoint):
         )
 
 
-class Station16:
+class Station16(StationLink):
     """An emulated OCPP 1.6J charging station: connects to ``url/<id>`` and keeps its session up."""
+
+    SUBPROTOCOL = SUBPROTOCOL
 
     def __init__(self, model: StationModel, url: str, clock: SimClock, record: Record, report: Report,
                  meter_value_interval_s: float = 60.0, heartbeat_interval_s: float = 300.0,
                  vendor: str = "evbench", product: str = "virtual-ac") -> None:
+        super().__init__(model.id, url, record, report)
         self.model = model
-        self.url = url.rstrip("/") + "/" + model.id
         self.clock = clock
-        self.record = record
-        self.report = report
         self.vendor, self.product = vendor, product
         self.config = _Configuration(model, meter_value_interval_s, heartbeat_interval_s)
         self.link: _Link | None = None
-        self._ws: Any = None
-        self.online = asyncio.Event()
-        self._stopping = False
         self._tx_lock = asyncio.Lock()
         self.pending_starts: dict[str, int] = {}  # StartTransaction unique id → connector
         self._start_ids = itertools.count(1)
 
     # -- connection lifecycle -------------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Stay connected until :meth:`stop`; reconnect with exponential backoff."""
-        backoff_s = 1.0
-        while not self._stopping:
-            try:
-                async with websockets.connect(
-                    self.url, subprotocols=[SUBPROTOCOL], compression=None, proxy=None,
-                    open_timeout=10, ping_interval=None, max_size=2**20,
-                ) as ws:
-                    backoff_s = 1.0
-                    self._ws = ws
-                    await self._session(ws)
-            except asyncio.CancelledError:
-                raise
-            except (OSError, websockets.WebSocketException, asyncio.TimeoutError) as error:
-                if not self._stopping:
-                    self.report("station_disconnected", {"error": repr(error)})
-            self.online.clear()
-            self.link = self._ws = None
-            if self._stopping:
-                break
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
-
-    async def stop(self) -> None:
-        self._stopping = True
-        if self._ws is not None:
-            await self._ws.close()
 
     async def _session(self, ws: Any) -> None:
         link = _Link(self, ws)

@@ -761,7 +761,9 @@ def test_semantically_invalid_profile_is_rejected_not_a_crash():
         "[2, \"no-payload\", \"Heartbeat\"]",
         "[9, \"x\", \"Heartbeat\", {}]",
         "",
+        "[" * 100_000 + "]" * 100_000,  # nested past Python's recursion limit
     ],
+    ids=["text", "object", "short-call", "bad-type", "empty", "deep"],
 )
 def test_garbage_frames_do_not_kill_the_station(frame):
     async def main():
