@@ -136,8 +136,14 @@ class EqualShare(Controller):
         return None
 
     def _share(self, budget_a: float, keeps: dict[ConnectorKey, float]) -> dict[ConnectorKey, float]:
-        keys = sorted(self.sessions, key=lambda k: (self.energy_wh.get(k, 0.0), self.sessions[k].started_at))
-        fixed = dict(keeps)
+        shares = self._fill_equally(list(self.sessions), budget_a, keeps)
+        return {k: self._hysteresis(k, v) for k, v in shares.items()}
+
+    def _fill_equally(self, keys: list[ConnectorKey], budget_a: float,
+                      keeps: dict[ConnectorKey, float]) -> dict[ConnectorKey, float]:
+        """Share ``budget_a`` [A per phase] among the sessions ``keys``: 0 or >= 6 A each, never above the budget."""
+        keys = sorted(keys, key=lambda k: (self.energy_wh.get(k, 0.0), self.sessions[k].started_at))
+        fixed = {k: v for k, v in keeps.items() if k in keys}
         # Water-filling: saturated EVs keep what they use, the others split the rest equally.
         while True:
             free = [k for k in keys if k not in fixed]
@@ -168,7 +174,7 @@ class EqualShare(Controller):
             # never into (0, 6) A.
             factor = budget_a / total
             shares = {k: (v * factor if v * factor >= MIN_CURRENT_A else 0.0) for k, v in shares.items()}
-        return {k: self._hysteresis(k, v) for k, v in shares.items()}
+        return shares
 
     def _hysteresis(self, key: ConnectorKey, limit_a: float) -> float:
         # Overshoot is cut at once (safety); otherwise a share moves only by a meaningful step,

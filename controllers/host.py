@@ -1,11 +1,24 @@
-"""Runs an in-process controller the way a product runs: behind a real OCPP 1.6 CSMS and a Modbus client.
+"""Runs an in-process controller the way a product runs: behind a real OCPP CSMS (1.6 and 2.0.1) and a Modbus client.
 
 This module owns the product side of the wire for in-process controllers: a websockets server
-that accepts charging stations at ``ws://HOST:PORT/<station id>`` (subprotocol ``ocpp1.6``),
-answers their requests, turns them into :mod:`controllers.api` calls, polls the site meter over
-Modbus TCP, and turns the controller's decisions into SetChargingProfile messages — a TxProfile
-when a transaction runs, with one stable profile id per connector so that updates replace
-rather than accumulate (OCPP 1.6 §3.13.2; TC_K_04).
+that accepts charging stations at ``ws://HOST:PORT/<station id>``, answers their requests, turns
+them into :mod:`controllers.api` calls, polls the site meter over Modbus TCP, and turns the
+controller's decisions into SetChargingProfile messages.
+
+Versions. The server offers ``ocpp2.0.1`` and ``ocpp1.6`` and takes the first of those the station
+also offers; the negotiated subprotocol picks the session class (:class:`_Station16` or
+:class:`_Station201`). A station offering subprotocols but none of ours gets the handshake completed
+without a subprotocol and is closed at once with a reason naming ours (OCPP-J 1.6 §3.2); one
+offering no subprotocol at all is refused in the handshake (HTTP 400).
+
+Decisions. A :class:`~controllers.api.Limit` becomes a TxProfile for the running transaction, with
+one stable profile id per connector so that updates replace rather than accumulate (OCPP 1.6
+§3.13.2; TC_K_04); limits are cut to one decimal in both versions, so a site sends the same
+numbers whichever version its chargers speak. A :class:`~controllers.api.Profile` is sent as the
+controller wrote it: the host checks it against the version's schema only to log a warning, then
+puts exactly that payload on the wire, because a product may send wrong profiles and the bench has
+to see what it sent. Both are sent again only when they change (or the station reconnects, or the
+EV restates its charging needs).
 
 It knows nothing of the bench: it takes a ``now`` callable for the time, so the same host serves
 a virtual-time run and a real lab bench.
@@ -14,7 +27,9 @@ a virtual-time run and a real lab bench.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
+import json
 import logging
 import math
 import time
@@ -22,44 +37,127 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 import websockets
+from ocpp import messages
+from ocpp.exceptions import OCPPError
 from ocpp.routing import after, on
-from ocpp.v16 import ChargePoint, call, call_result
+from ocpp.v16 import ChargePoint as ChargePoint16
+from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action, AuthorizationStatus, RegistrationStatus
+from ocpp.v201 import ChargePoint as ChargePoint201
+from ocpp.v201 import call as call201
+from ocpp.v201 import call_result as result201
+from ocpp.v201.enums import Action as Action201
+from websockets.exceptions import NegotiationError
 
-from controllers.api import Controller, Limit, MeterSample, Session, SiteReading
-from controllers.meter_client import MeterUnavailable, SDM630Client
 from controllers import ocpp_fastpath
+from controllers.api import (
+    ChargingNeeds,
+    ConnectorKey,
+    Controller,
+    Limit,
+    MeterSample,
+    Profile,
+    Session,
+    SiteReading,
+)
+from controllers.meter_client import MeterUnavailable, SDM630Client
 
 ocpp_fastpath.install()
 logging.getLogger("ocpp").setLevel(logging.CRITICAL)
+_log = logging.getLogger("evbench.host")
 
-SUBPROTOCOLS = ["ocpp1.6"]
+SUBPROTOCOLS = ["ocpp2.0.1", "ocpp1.6"]  # in order of preference
 _TX_PROFILE_ID_BASE = 1000  # profile id = base + connector: one id per connector, reused on updates
 _FAILSAFE_PROFILE_ID = 1
+# What a 2.0.1 station samples during a transaction (SampledDataCtrlr, 2.0.1 Part 2 J02): what the
+# controller reads (per-phase currents, the offer, power, energy, SoC) and the energy register at
+# the start and end, which make a session's energy.
+_TX_UPDATED_MEASURANDS = "Current.Import,Current.Offered,Power.Active.Import,Energy.Active.Import.Register,SoC"
+_TX_ENDED_MEASURANDS = "Energy.Active.Import.Register"
 
 
-def _epoch(text: str | None, fallback: float) -> float:
-    if not text:
-        return fallback
+def _epoch(text: Any, fallback: float) -> float:
+    parsed = _epoch_or_none(text)
+    return fallback if parsed is None else parsed
+
+
+def _epoch_or_none(text: Any) -> float | None:
+    if not text or not isinstance(text, str):
+        return None
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return fallback
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-class _StationSession(ChargePoint):
-    """The CSMS side of one station's websocket."""
+def _select_subprotocol(connection: Any, offered: list[str]) -> str | None:
+    if not offered:
+        raise NegotiationError("missing subprotocol")
+    # None completes the handshake without a subprotocol; _accept then closes it (OCPP-J 1.6 §3.2).
+    return next((name for name in SUBPROTOCOLS if name in offered), None)
 
-    def __init__(self, station_id: str, ws: Any, host: "ControllerHost") -> None:
-        super().__init__(station_id, ws, response_timeout=30)
+
+class _StationLink:
+    """What a station's session offers the host whatever its version (mixed into the ChargePoint classes)."""
+
+    host: ControllerHost
+    sessions: dict[int, Session]
+    version: str
+
+    def _attach(self, station_id: str, host: ControllerHost) -> None:
         self.host = host
         # connector → running session. Kept by the host per station id, not per websocket: a
         # transaction outlives a dropped link (the station goes on charging) and must stay managed.
-        self.sessions: dict[int, Session] = host.sessions.setdefault(station_id, {})
+        self.sessions = host.sessions.setdefault(station_id, {})
+
+    async def call_verbatim(self, action: str, payload: Any) -> None:
+        """Send ``payload`` exactly as given and wait for the answer (one CALL at a time, OCPP-J 1.6 §4.1.1).
+
+        The schema is checked only to log what is wrong: the station answers for itself.
+        """
+        unique_id = str(self._unique_id_generator())
+        try:
+            frame = messages.Call(unique_id, action, payload).to_json()
+        except (TypeError, ValueError) as error:
+            _log.warning("%s: the controller's %s is not JSON, not sent: %s", self.id, action, error)
+            return
+        try:
+            await messages.validate_payload(messages.Call(unique_id, action, json.loads(frame)[3]),
+                                            self._ocpp_version)
+        except OCPPError as error:
+            _log.warning("%s: the controller's %s breaks the OCPP %s schema (%s); sent as given",
+                         self.id, action, self._ocpp_version, error)
+        async with self._call_lock:
+            await self._send(frame)
+            await self._get_specific_response(unique_id, self._response_timeout)
+
+
+class _Station16(_StationLink, ChargePoint16):
+    """The CSMS side of one OCPP 1.6 station's websocket."""
+
+    version = "1.6"
+
+    def __init__(self, station_id: str, ws: Any, host: ControllerHost) -> None:
+        super().__init__(station_id, ws, response_timeout=30)
+        self._attach(station_id, host)
+
+    async def configure(self) -> None:
+        interval = self.host.controller.meter_value_interval_s
+        if interval > 0:
+            await self.call(call.ChangeConfiguration(key="MeterValueSampleInterval", value=str(int(interval))))
+        failsafe = self.host.controller.failsafe_a(self.id)
+        if failsafe is not None:
+            await self.call(call.SetChargingProfile(connector_id=0, cs_charging_profiles=_profile16(
+                _FAILSAFE_PROFILE_ID, 0, "TxDefaultProfile", failsafe, self.host.now(), None)))
+
+    def tx_profile_request(self, connector_id: int, limit_a: float, now: float) -> Any:
+        tx = self.sessions[connector_id].transaction_id
+        return call.SetChargingProfile(connector_id=connector_id, cs_charging_profiles=_profile16(
+            _TX_PROFILE_ID_BASE + connector_id, 1, "TxProfile", limit_a, now, tx))
 
     @on(Action.boot_notification)
     def on_boot(self, charge_point_vendor: str, charge_point_model: str, **_: Any):
@@ -110,22 +208,172 @@ class _StationSession(ChargePoint):
     def on_meter_values(self, connector_id: int, meter_value: list, **_: Any):
         now = self.host.now()
         for entry in meter_value:
-            sample = _parse_sample(self.id, connector_id, entry, now)
-            if sample is not None:
-                self.host.controller.on_meter_sample(sample, now)
+            self.host.controller.on_meter_sample(_parse_sample(self.id, connector_id, entry, now), now)
         return call_result.MeterValues()
 
 
-def _parse_sample(station_id: str, connector_id: int, entry: dict, now: float) -> MeterSample | None:
+class _Station201(_StationLink, ChargePoint201):
+    """The CSMS side of one OCPP 2.0.1 station's websocket; connector ids here are EVSE ids."""
+
+    version = "2.0.1"
+
+    def __init__(self, station_id: str, ws: Any, host: ControllerHost) -> None:
+        super().__init__(station_id, ws, response_timeout=30)
+        self._attach(station_id, host)
+
+    async def configure(self) -> None:
+        interval = self.host.controller.meter_value_interval_s
+        if interval > 0:
+            await self.call(call201.SetVariables(set_variable_data=[
+                _sampled_data_variable("TxUpdatedInterval", str(int(interval))),
+                _sampled_data_variable("TxUpdatedMeasurands", _TX_UPDATED_MEASURANDS),
+                _sampled_data_variable("TxStartedMeasurands", _TX_ENDED_MEASURANDS),
+                _sampled_data_variable("TxEndedMeasurands", _TX_ENDED_MEASURANDS),
+            ]))
+        failsafe = self.host.controller.failsafe_a(self.id)
+        if failsafe is not None:
+            await self.call(call201.SetChargingProfile(evse_id=0, charging_profile=_profile201(
+                _FAILSAFE_PROFILE_ID, 0, "TxDefaultProfile", failsafe, self.host.now(), None)))
+
+    def tx_profile_request(self, connector_id: int, limit_a: float, now: float) -> Any:
+        tx = self.sessions[connector_id].transaction_id
+        return call201.SetChargingProfile(evse_id=connector_id, charging_profile=_profile201(
+            _TX_PROFILE_ID_BASE + connector_id, 1, "TxProfile", limit_a, now, tx))
+
+    @on(Action201.boot_notification)
+    def on_boot(self, charging_station: dict, **_: Any):
+        now = self.host.now()
+        self.host.controller.on_station_booted(self.id, charging_station.get("vendor_name", ""),
+                                               charging_station.get("model", ""), now)
+        return result201.BootNotification(current_time=_iso(now), interval=self.host.heartbeat_s, status="Accepted")
+
+    @after(Action201.boot_notification)
+    def after_boot(self, **_: Any):
+        self.host.configure(self)
+
+    @on(Action201.heartbeat)
+    def on_heartbeat(self, **_: Any):
+        return result201.Heartbeat(current_time=_iso(self.host.now()))
+
+    @on(Action201.status_notification)
+    def on_status(self, connector_status: str, evse_id: int, **_: Any):
+        self.host.controller.on_status(self.id, evse_id, connector_status, self.host.now())
+        return result201.StatusNotification()
+
+    @on(Action201.authorize)
+    def on_authorize(self, **_: Any):
+        return result201.Authorize(id_token_info={"status": "Accepted"})
+
+    @on(Action201.transaction_event)
+    def on_transaction_event(self, event_type: str, timestamp: str, transaction_info: dict,
+                             evse: dict | None = None, id_token: dict | None = None,
+                             meter_value: list | None = None, **_: Any):
+        now = self.host.now()
+        tx = transaction_info["transaction_id"]
+        evse_id = evse["id"] if evse else self._evse_of(tx)
+        if evse_id is None:
+            _log.warning("%s: TransactionEvent %s for unknown transaction %s without an evse", self.id, event_type, tx)
+        elif event_type == "Started":
+            self._started(evse_id, tx, id_token, timestamp, meter_value or [], now)
+        elif event_type == "Updated":
+            self._samples(evse_id, meter_value or [], now)
+        elif event_type == "Ended":
+            self._ended(evse_id, tx, meter_value or [], now)
+        return result201.TransactionEvent(id_token_info={"status": "Accepted"} if id_token else None)
+
+    def _evse_of(self, tx: str) -> int | None:
+        return next((evse_id for evse_id, s in self.sessions.items() if s.transaction_id == tx), None)
+
+    def _started(self, evse_id: int, tx: str, id_token: dict | None, timestamp: str, meter_value: list,
+                 now: float) -> None:
+        known = self.sessions.get(evse_id)
+        if known is not None and known.transaction_id == tx:
+            return  # the same Started again (resent from the station's offline queue)
+        register = _register_wh(self.id, evse_id, meter_value, now)
+        id_tag = id_token.get("id_token", "") if id_token else ""
+        session = Session(self.id, evse_id, tx, id_tag, _epoch(timestamp, now), register or 0.0)
+        self.sessions[evse_id] = session
+        if register is not None:
+            self.host.registers_wh[(self.id, evse_id)] = register
+        self.host.controller.on_session_started(session, now)
+        self.host.wake()
+
+    def _ended(self, evse_id: int, tx: str, meter_value: list, now: float) -> None:
+        session = self.sessions.get(evse_id)
+        if session is None or session.transaction_id != tx:
+            return
+        key = (self.id, evse_id)
+        del self.sessions[evse_id]
+        self.host.sent.pop(key, None)
+        last = self.host.registers_wh.pop(key, None)
+        register = _register_wh(self.id, evse_id, meter_value, now)
+        if register is None:
+            register = last if last is not None else session.meter_start_wh
+        self.host.controller.on_session_ended(session, register - session.meter_start_wh, now)
+        self.host.wake()
+
+    def _samples(self, evse_id: int, meter_value: list, now: float) -> None:
+        for entry in meter_value:
+            sample = _parse_sample(self.id, evse_id, entry, now)
+            if sample.energy_wh is not None and evse_id in self.sessions:
+                self.host.registers_wh[(self.id, evse_id)] = sample.energy_wh
+            self.host.controller.on_meter_sample(sample, now)
+
+    @on(Action201.meter_values)
+    def on_meter_values(self, evse_id: int, meter_value: list, **_: Any):
+        self._samples(evse_id, meter_value, self.host.now())
+        return result201.MeterValues()
+
+    @on(Action201.notify_ev_charging_needs)
+    def on_charging_needs(self, evse_id: int, charging_needs: dict, **_: Any):
+        now = self.host.now()
+        session = self.sessions.get(evse_id)
+        phases = self.host.controller.site.station(self.id).phases
+        needs = _parse_needs(self.id, evse_id, session.transaction_id if session else None, charging_needs,
+                             phases, now)
+        self.host.controller.on_charging_needs(needs, now)
+        # The EV waits for a schedule (K15–K17): send the decision for this EVSE again, even if unchanged.
+        self.host.sent.pop((self.id, evse_id), None)
+        self.host.sent_profiles.pop((self.id, evse_id), None)
+        self.host.wake()
+        return result201.NotifyEVChargingNeeds(status="Accepted")
+
+    @on(Action201.notify_ev_charging_schedule)
+    def on_charging_schedule(self, **_: Any):
+        return result201.NotifyEVChargingSchedule(status="Accepted")
+
+    @on(Action201.report_charging_profiles)
+    def on_report_charging_profiles(self, **_: Any):
+        return result201.ReportChargingProfiles()
+
+    @on(Action201.notify_charging_limit)
+    def on_notify_charging_limit(self, **_: Any):
+        return result201.NotifyChargingLimit()
+
+    @on(Action201.notify_event)
+    def on_notify_event(self, **_: Any):
+        return result201.NotifyEvent()
+
+    @on(Action201.notify_report)
+    def on_notify_report(self, **_: Any):
+        return result201.NotifyReport()
+
+
+_SESSION_CLASSES = {"ocpp1.6": _Station16, "ocpp2.0.1": _Station201}
+
+
+def _parse_sample(station_id: str, connector_id: int, entry: dict, now: float) -> MeterSample:
+    """One meterValue entry of either version (1.6: strings and ``unit``; 2.0.1: numbers and ``unitOfMeasure``)."""
     currents: dict[str, float] = {}
     fields: dict[str, float] = {}
     for value in entry.get("sampled_value", []):
+        unit_of_measure = value.get("unit_of_measure") or {}
         try:
-            number = float(value["value"])
-        except (KeyError, TypeError, ValueError):
+            number = float(value["value"]) * 10.0 ** int(unit_of_measure.get("multiplier", 0))
+        except (KeyError, TypeError, ValueError, OverflowError):
             continue
         measurand = value.get("measurand", "Energy.Active.Import.Register")
-        unit = value.get("unit")
+        unit = value.get("unit", unit_of_measure.get("unit"))
         if measurand == "Current.Import" and value.get("phase"):
             currents[value["phase"][:2]] = number
         elif measurand == "Current.Import":
@@ -143,8 +391,56 @@ def _parse_sample(station_id: str, connector_id: int, entry: dict, now: float) -
                        fields.get("offered_a"), fields.get("power_w"), fields.get("energy_wh"), fields.get("soc"))
 
 
+def _register_wh(station_id: str, connector_id: int, meter_value: list, now: float) -> float | None:
+    """The last energy register reading in a list of meterValue entries, if any."""
+    registers = [s.energy_wh for s in (_parse_sample(station_id, connector_id, e, now) for e in meter_value)
+                 if s.energy_wh is not None]
+    return registers[-1] if registers else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+_PHASES = {"AC_single_phase": 1, "AC_two_phase": 2, "AC_three_phase": 3}
+
+
+def _parse_needs(station_id: str, evse_id: int, tx: int | str | None, needs: dict, default_phases: int,
+                 now: float) -> ChargingNeeds:
+    """A NotifyEVChargingNeeds ``chargingNeeds`` (snake_case keys); what is absent or unreadable becomes None."""
+    ac = needs.get("ac_charging_parameters") or {}
+    dc = needs.get("dc_charging_parameters") or {}
+    custom = needs.get("custom_data") or {}
+    if custom.get("vendor_id") != "org.evbench":
+        custom = {}
+    min_soc = _number(custom.get("ev_min_soc"))
+    return ChargingNeeds(
+        station_id=station_id,
+        connector_id=evse_id,
+        transaction_id=tx,
+        received_at=now,
+        departure=_epoch_or_none(needs.get("departure_time")),
+        energy_wh=_number(ac.get("energy_amount", dc.get("energy_amount"))),
+        min_current_a=_number(ac.get("ev_min_current")),
+        max_current_a=_number(ac.get("ev_max_current")),
+        phases=_PHASES.get(needs.get("requested_energy_transfer", ""), default_phases),
+        discharge_max_current_a=_number(custom.get("ev_max_discharge_current")) or 0.0,
+        min_soc=None if min_soc is None else min_soc / 100.0,  # percent, as OCPP's SoC measurand
+    )
+
+
+def _sampled_data_variable(name: str, value: str) -> dict:
+    return {"component": {"name": "SampledDataCtrlr"}, "variable": {"name": name}, "attribute_value": value}
+
+
 class ControllerHost:
-    """An in-process controller behind a real OCPP 1.6 server and a real Modbus client."""
+    """An in-process controller behind a real OCPP 1.6 / 2.0.1 server and a real Modbus client."""
 
     def __init__(self, controller: Controller, *, host: str = "127.0.0.1", port: int = 0,
                  meter: tuple[str, int, int] | None = None, now: Callable[[], float] = time.time,
@@ -154,9 +450,11 @@ class ControllerHost:
         self.meter = meter
         self.now = now
         self.heartbeat_s = heartbeat_s
-        self.stations: dict[str, _StationSession] = {}
+        self.stations: dict[str, _Station16 | _Station201] = {}
         self.sessions: dict[str, dict[int, Session]] = {}
-        self.sent: dict[tuple[str, int], float] = {}  # last limit sent per connector
+        self.sent: dict[ConnectorKey, float] = {}  # last limit sent per connector
+        self.sent_profiles: dict[ConnectorKey, dict] = {}  # last whole profile sent per connector
+        self.registers_wh: dict[ConnectorKey, float] = {}  # last energy register of a 2.0.1 transaction
         self.transaction_ids = itertools.count(1)
         self._server: Any = None
         self._tasks: list[asyncio.Task] = []
@@ -169,6 +467,7 @@ class ControllerHost:
 
     async def start(self) -> str:
         self._server = await websockets.serve(self._accept, self.host, self.port, subprotocols=SUBPROTOCOLS,
+                                              select_subprotocol=_select_subprotocol,
                                               compression=None, ping_interval=None, max_size=2**20)
         self.port = self._server.sockets[0].getsockname()[1]
         self._tasks.append(asyncio.create_task(self._allocation_loop()))
@@ -185,7 +484,7 @@ class ControllerHost:
             await self._server.wait_closed()
 
     def wake(self) -> None:
-        """Re-run allocation now (a session started or ended)."""
+        """Re-run allocation now (a session started or ended, an EV stated its needs)."""
         self._wake.set()
 
     def site_limit_changed(self, limit_a: float) -> None:
@@ -197,11 +496,13 @@ class ControllerHost:
 
     async def _accept(self, ws: Any) -> None:
         station_id = ws.request.path.rstrip("/").rsplit("/", 1)[-1]
-        if ws.subprotocol not in SUBPROTOCOLS or not station_id:
-            await ws.close(1002, "expected subprotocol ocpp1.6 and a station id in the path")
+        session_class = _SESSION_CLASSES.get(ws.subprotocol)
+        if session_class is None or not station_id:
+            await ws.close(1002, f"expected subprotocol {' or '.join(SUBPROTOCOLS)} and a station id in the path")
             return
-        session = _StationSession(station_id, ws, self)
+        session = session_class(station_id, ws, self)
         self.stations[station_id] = session
+        self.controller.on_station_connected(station_id, session.version, self.now())
         try:
             await session.start()
         except websockets.ConnectionClosed:
@@ -211,25 +512,24 @@ class ControllerHost:
                 del self.stations[station_id]
             for connector_id in session.sessions:
                 self.sent.pop((station_id, connector_id), None)
+            for key in [key for key in self.sent_profiles if key[0] == station_id]:
+                del self.sent_profiles[key]
             self.controller.on_station_disconnected(station_id, self.now())
 
-    def configure(self, session: _StationSession) -> None:
-        """After a boot: sampling interval and the failsafe default profile (what products do)."""
-        task = asyncio.create_task(self._configure(session))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+    def configure(self, session: _Station16 | _Station201) -> None:
+        """After a boot: sampling and the failsafe default profile (what products do)."""
+        self._spawn(self._configure(session))
 
-    async def _configure(self, session: _StationSession) -> None:
-        interval = self.controller.meter_value_interval_s
+    async def _configure(self, session: _Station16 | _Station201) -> None:
         try:
-            if interval > 0:
-                await session.call(call.ChangeConfiguration(key="MeterValueSampleInterval", value=str(int(interval))))
-            failsafe = self.controller.failsafe_a(session.id)
-            if failsafe is not None:
-                await session.call(call.SetChargingProfile(connector_id=0, cs_charging_profiles=_profile(
-                    _FAILSAFE_PROFILE_ID, 0, "TxDefaultProfile", failsafe, self.now(), None)))
+            await session.configure()
         except (websockets.ConnectionClosed, asyncio.TimeoutError):
             pass
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     # -- decisions ----------------------------------------------------------------------------------
 
@@ -241,12 +541,22 @@ class ControllerHost:
                 pass
             self._wake.clear()
             try:
-                wanted = self.controller.allocate(self.now())
+                wanted = dict(self.controller.allocate(self.now()))
             except Exception as error:  # a controller bug must not stop the CSMS
-                logging.getLogger("evbench.host").exception("controller.allocate failed: %s", error)
+                _log.exception("controller.allocate failed: %s", error)
                 continue
-            for (station_id, connector_id), limit in wanted.items():
-                self._send_limit(station_id, connector_id, limit)
+            for key, decision in wanted.items():
+                try:
+                    station_id, connector_id = key
+                except (TypeError, ValueError):
+                    _log.error("controller.allocate returned a decision for %r, not (station id, connector id)", key)
+                    continue
+                if isinstance(decision, Limit):
+                    self._send_limit(station_id, connector_id, decision)
+                elif isinstance(decision, Profile):
+                    self._send_profile(station_id, connector_id, decision)
+                else:
+                    _log.error("controller.allocate returned %r for %r, not a Limit or a Profile", decision, key)
 
     def _send_limit(self, station_id: str, connector_id: int, limit: Limit) -> None:
         session = self.stations.get(station_id)
@@ -256,17 +566,14 @@ class ControllerHost:
         if self.sent.get((station_id, connector_id)) == limit_a:
             return
         self.sent[(station_id, connector_id)] = limit_a
-        tx = session.sessions[connector_id].transaction_id
-        profile = _profile(_TX_PROFILE_ID_BASE + connector_id, 1, "TxProfile", limit_a, self.now(), tx)
-        task = asyncio.create_task(self._set_limit(session, connector_id, limit_a, profile))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        request = session.tx_profile_request(connector_id, limit_a, self.now())
+        self._spawn(self._set_limit(session, connector_id, limit_a, request))
 
-    async def _set_limit(self, session: _StationSession, connector_id: int, limit_a: float, profile: dict) -> None:
+    async def _set_limit(self, session: _Station16 | _Station201, connector_id: int, limit_a: float,
+                         request: Any) -> None:
         answer = None
         try:
-            answer = await session.call(call.SetChargingProfile(connector_id=connector_id,
-                                                                cs_charging_profiles=profile))
+            answer = await session.call(request)
         except (websockets.ConnectionClosed, asyncio.TimeoutError):
             pass
         if answer is None or answer.status != "Accepted":
@@ -274,6 +581,22 @@ class ControllerHost:
             key = (session.id, connector_id)
             if self.sent.get(key) == limit_a:
                 del self.sent[key]
+
+    def _send_profile(self, station_id: str, connector_id: int, profile: Profile) -> None:
+        session = self.stations.get(station_id)
+        key = (station_id, connector_id)
+        if session is None or self.sent_profiles.get(key) == profile.payload:
+            return
+        # A copy: a controller that edits its dict in place has changed its decision.
+        self.sent_profiles[key] = copy.deepcopy(profile.payload)
+        self._spawn(self._set_profile(session, profile.payload))
+
+    async def _set_profile(self, session: _Station16 | _Station201, payload: dict) -> None:
+        # Sent once per change, whatever the answer: re-sending a refused profile would only flood the station.
+        try:
+            await session.call_verbatim("SetChargingProfile", payload)
+        except (websockets.ConnectionClosed, asyncio.TimeoutError):
+            pass
 
     # -- site meter -------------------------------------------------------------------------------
 
@@ -294,7 +617,7 @@ class ControllerHost:
             await client.close()
 
 
-def _profile(profile_id: int, stack_level: int, purpose: str, limit_a: float, now: float, tx: Any) -> dict:
+def _profile16(profile_id: int, stack_level: int, purpose: str, limit_a: float, now: float, tx: Any) -> dict:
     profile = {
         "charging_profile_id": profile_id,
         "stack_level": stack_level,
@@ -305,6 +628,24 @@ def _profile(profile_id: int, stack_level: int, purpose: str, limit_a: float, no
             "start_schedule": _iso(now - 1),
             "charging_schedule_period": [{"start_period": 0, "limit": round(limit_a, 1)}],
         },
+    }
+    if tx is not None:
+        profile["transaction_id"] = tx
+    return profile
+
+
+def _profile201(profile_id: int, stack_level: int, purpose: str, limit_a: float, now: float, tx: Any) -> dict:
+    profile = {
+        "id": profile_id,
+        "stack_level": stack_level,
+        "charging_profile_purpose": purpose,
+        "charging_profile_kind": "Absolute",
+        "charging_schedule": [{
+            "id": profile_id,
+            "charging_rate_unit": "A",
+            "start_schedule": _iso(now - 1),
+            "charging_schedule_period": [{"start_period": 0, "limit": round(limit_a, 1)}],
+        }],
     }
     if tx is not None:
         profile["transaction_id"] = tx

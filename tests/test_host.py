@@ -482,7 +482,7 @@ def test_site_meter_readings_reach_the_controller():
 # --------------------------------------------------------------------------------------------------------------
 
 
-def test_station_without_ocpp16_subprotocol_is_refused_and_others_are_served():
+def test_station_without_a_known_subprotocol_is_refused_and_others_are_served():
     async def main():
         probe = Probe()
         async with host_rig(probe, {}) as rig:
@@ -490,10 +490,14 @@ def test_station_without_ocpp16_subprotocol_is_refused_and_others_are_served():
                 async with websockets.connect(rig.host.url + "/ROGUE", proxy=None, open_timeout=10):
                     pass
             assert refused.value.response.status_code == 400
-            with pytest.raises(websockets.InvalidStatus):
-                async with websockets.connect(rig.host.url + "/ROGUE2", subprotocols=["ocpp2.0.1"], proxy=None,
-                                              open_timeout=10):
-                    pass
+            # Only subprotocols the host does not speak: handshake without one, then closed (OCPP-J 1.6 §3.2).
+            async with websockets.connect(rig.host.url + "/ROGUE2", subprotocols=["ocpp2.1"], proxy=None,
+                                          open_timeout=10) as ws:
+                assert ws.subprotocol is None
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 30)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1002
+                assert "ocpp2.0.1 or ocpp1.6" in closed.value.rcvd.reason
             # A station id is required in the path.
             async with websockets.connect(rig.host.url + "/", subprotocols=["ocpp1.6"], proxy=None,
                                           open_timeout=10) as ws:
