@@ -399,6 +399,10 @@ class Vehicle(_Model):
     # [s] until the EV follows a new offer (EVerest: up to ~6 s for some EVs)
     response_lag_s: LagSeconds = Field(2.0, validation_alias="response_lag")
     id_tag: str = ""  # "" → "TAG-<id>"
+    # ISO 15118: the EV states departure, energy and current bounds (a 2.0.1 station forwards them)
+    iso15118: bool = False
+    discharge_max_current_a: Number = Field(0.0, ge=0)  # [A] per phase; > 0 = bidirectional (V2G)
+    min_soc: Number = Field(0.0, ge=0, lt=1)  # never discharged below this
 
     @model_validator(mode="after")
     def _consistent(self) -> Vehicle:
@@ -423,15 +427,37 @@ class Vehicle(_Model):
 
 
 class Event(_Model):
-    """A scheduled change at ``at_s``: a new site limit or a new building load [A per phase]."""
+    """A scheduled change at ``at_s``.
+
+    - ``site_limit``, ``building_load``: a new site limit / building load ``value_a`` [A per phase];
+    - ``external_limit``: the site's local energy manager sets ``station``'s
+      ChargingStationExternalConstraints to ``value_a`` (OCPP 2.0.1 stations only; K12);
+    - ``vehicle_needs``: the driver of ``vehicle`` changes its ``departure`` and/or ``target_soc``
+      (an ISO 15118 EV renegotiates; K15–K17).
+    """
 
     at_s: Moment = Field(validation_alias="at")  # [s] since clock.start
-    kind: Literal["site_limit", "building_load"]
-    value_a: Number = Field(ge=0)
+    kind: Literal["site_limit", "building_load", "external_limit", "vehicle_needs"]
+    value_a: Number | None = Field(None, ge=0)
+    station: str | None = None
+    vehicle: str | None = None
+    departure_s: Moment | None = Field(None, validation_alias="departure")  # [s] since clock.start
+    target_soc: Number | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> Event:
+        wanted = {"site_limit": ("value_a",), "building_load": ("value_a",),
+                  "external_limit": ("value_a", "station"), "vehicle_needs": ("vehicle",)}[self.kind]
+        for name in wanted:
+            if getattr(self, name) is None:
+                raise _Located((name,), f"required for kind = {self.kind!r}")
+        if self.kind == "vehicle_needs" and self.departure_s is None and self.target_soc is None:
+            raise _Located(("departure",), "a vehicle_needs event changes departure and/or target_soc")
+        return self
 
 
 class Checks(_Model):
-    """Parameters of the measured checks (SMART_CHARGING.md §2, §3)."""
+    """Parameters of the checks (SMART_CHARGING.md §2, §3)."""
 
     # [s] SITE-LIMIT tolerates excursions shorter than this (EV response + meter delay + controller period)
     settle_s: Seconds = Field(20.0, validation_alias="settle")
@@ -441,6 +467,12 @@ class Checks(_Model):
     overcurrent_margin_a: Number = Field(0.5, ge=0)  # ... + 0.5 A
     min_current_a: Number = Field(6.0, ge=0)  # IEC 61851-1: an AC limit in (0, 6) A is not a current
     site_tolerance_a: Number = Field(0.5, ge=0)  # [A] measurement slack on the site limit
+    # PROFILE-UPDATE: identical re-sends of a refused profile request tolerated within the window below
+    profile_retry_limit: Whole = Field(3, ge=0)
+    # [s] PROFILE-UPDATE: the window over which those re-sends are counted
+    profile_retry_window_s: Seconds = Field(60.0, validation_alias="profile_retry_window")
+    # [s] NEEDS-ANSWERED: a TxProfile must follow NotifyEVChargingNeeds this soon (the OCTT waits 60 s, TC_K_53)
+    needs_answer_s: Seconds = Field(60.0, validation_alias="needs_answer")
 
 
 class Scenario(_Model):
@@ -549,6 +581,21 @@ class Scenario(_Model):
                     ("events", i, "at"),
                     f"is {_when(event.at_s, start)}, after the run ends {_when(end, start)}",
                 )
+            if event.kind == "external_limit":
+                if event.station not in by_id:
+                    raise _Located(("events", i, "station"),
+                                   f"unknown station {event.station!r} (stations are {_id_list(by_id)})")
+                if by_id[event.station][1].ocpp != "2.0.1":
+                    raise _Located(("events", i, "station"),
+                                   f"{event.station} speaks OCPP {by_id[event.station][1].ocpp}; external "
+                                   "constraints exist in OCPP 2.0.1 only")
+            if event.kind == "vehicle_needs":
+                if event.vehicle not in seen:
+                    raise _Located(("events", i, "vehicle"), f"unknown vehicle {event.vehicle!r}")
+                if not self.vehicles[seen[event.vehicle]].iso15118:
+                    raise _Located(("events", i, "vehicle"),
+                                   f"{event.vehicle} is not an ISO 15118 EV (set iso15118 = true): a basic "
+                                   "IEC 61851 EV cannot tell the station its needs changed")
         self.events.sort(key=lambda e: e.at_s)
         self._by_id = {station.id: station for _, station in by_id.values()}
         return self

@@ -52,7 +52,8 @@ def only(trace, check_id):
 
 
 def test_catalogue_order_and_unknown_ids():
-    assert list(CHECKS) == ["SITE-LIMIT", "BREAKER", "STATION-LIMIT", "MIN-CURRENT"]
+    assert list(CHECKS) == ["SITE-LIMIT", "BREAKER", "STATION-LIMIT", "MAX-PROFILE-SUM", "MIN-CURRENT",
+                            "PROFILE-VALID", "TX-PROFILE-SCOPE", "PROFILE-UPDATE", "NEEDS-ANSWERED"]
     with pytest.raises(KeyError, match="known: SITE-LIMIT"):
         run_checks(None, ["SITE-LIMIT", "NOPE"])
 
@@ -325,10 +326,10 @@ def test_report_json_and_table(tmp_path):
     assert "\x1b" not in table
     lines = table.splitlines()
     assert lines[0] == "scenario: unit  controller: test  verdict: FAIL"
-    assert lines[1] == "CHECK          LAYER     VERDICT  FINDINGS"
-    assert lines[2] == "SITE-LIMIT     measured  FAIL            1"
+    assert lines[1] == "CHECK             LAYER     VERDICT  FINDINGS"
+    assert lines[2] == "SITE-LIMIT        measured  FAIL            1"
     assert lines[3] == "    +00:00:30  L2 at 90.0 A > 80.0 A for 42 s (settle 20 s)"
-    assert lines[4] == "BREAKER        measured  PASS            0"
+    assert lines[4] == "BREAKER           measured  PASS            0"
     assert "    ... 1 more" in lines
     assert "energy delivered   15.000 kWh of 20.000 kWh requested (75.0 %)" in lines
     assert "peak site current  90.0 A (limit 80.0 A)" in lines

@@ -88,10 +88,10 @@ def uncontrolled_peak_a(scenario: Scenario) -> float:
 
 
 def test_bundled_names():
-    assert bundled_scenarios() == ["panel-200a", "small-office", "workplace"]
+    assert bundled_scenarios() == ["depot-iso15118", "panel-200a", "small-office", "workplace"]
 
 
-@pytest.mark.parametrize("name", ["panel-200a", "small-office", "workplace"])
+@pytest.mark.parametrize("name", ["panel-200a", "small-office", "workplace"])  # depot: see below
 def test_bundled_scenario_loads_and_every_request_is_deliverable(name):
     path = find_scenario(name)
     scenario = load_scenario(path)
@@ -118,6 +118,25 @@ def test_workplace_is_the_seed_example():
     single = [ev for ev in s.vehicles if ev.phases == 1]
     assert 1 <= len(single) <= 2
     assert all(s.station(ev.station).rotation != "L1L2L3" for ev in single)
+
+
+def test_depot_is_iso15118_on_ocpp201_and_not_every_need_can_be_met():
+    s = load_scenario(find_scenario("depot-iso15118"))
+    assert {st.ocpp for st in s.stations} == {"2.0.1"}
+    iso = [ev for ev in s.vehicles if ev.iso15118]
+    assert len(iso) == len(s.vehicles) - 1  # one basic IEC 61851 van states nothing
+    # Deliverable on its own charger? VAN03 is not: 40 kWh in 90 min exceeds 22 kW x 1.5 h.
+    short_alone = [ev.id for ev in s.vehicles
+                   if deliverable_hours(ev, s) > (ev.departure_s - ev.arrival_s) / 3600]
+    assert short_alone == ["VAN03"]
+    # The early leavers together need more than the site can give while everyone is plugged.
+    early = [ev for ev in s.vehicles if ev.departure_s <= 3.5 * 3600]
+    need_kw = sum(ev.requested_kwh / ((ev.departure_s - ev.arrival_s) / 3600) for ev in early)
+    assert need_kw > 3 * 230 * (s.site.limit_a - 10) / 1000 / 2  # over half the site's EV capacity
+    kinds = [e.kind for e in s.events]
+    assert kinds == ["vehicle_needs", "external_limit", "external_limit"]
+    bidirectional = [ev for ev in s.vehicles if ev.discharge_max_current_a > 0]
+    assert [(ev.id, ev.min_soc) for ev in bidirectional] == [("VAN04", 0.3)]
 
 
 def test_panel_trips_uncontrolled_and_small_office_does_not():
@@ -268,6 +287,36 @@ BAD = [
         ('["18:00", 5]', '["18:00", -5]'),
         "site.building_load[0][1]: must be >= 0 (got -5)",
         id="negative-building-load",
+    ),
+    pytest.param(
+        ('[clock]', 'events = [{ at = "09:00", kind = "external_limit", value_a = 16, station = "CP01" }]\n[clock]'),
+        "events[0].station: CP01 speaks OCPP 1.6; external constraints exist in OCPP 2.0.1 only",
+        id="external-limit-on-16",
+    ),
+    pytest.param(
+        ('[clock]', 'events = [{ at = "09:00", kind = "external_limit", station = "CP01" }]\n[clock]'),
+        "events[0].value_a: required for kind = 'external_limit'",
+        id="external-limit-without-value",
+    ),
+    pytest.param(
+        ('[clock]', 'events = [{ at = "09:00", kind = "vehicle_needs", vehicle = "EV01", departure = "15:00" }]\n[clock]'),
+        "events[0].vehicle: EV01 is not an ISO 15118 EV (set iso15118 = true)",
+        id="needs-of-basic-ev",
+    ),
+    pytest.param(
+        ('[clock]', 'events = [{ at = "09:00", kind = "vehicle_needs", vehicle = "EV09", departure = "15:00" }]\n[clock]'),
+        "events[0].vehicle: unknown vehicle 'EV09'",
+        id="needs-of-unknown-ev",
+    ),
+    pytest.param(
+        ('[clock]', 'events = [{ at = "09:00", kind = "vehicle_needs", vehicle = "EV01" }]\n[clock]'),
+        "events[0].departure: a vehicle_needs event changes departure and/or target_soc",
+        id="needs-without-change",
+    ),
+    pytest.param(
+        ("max_current_a = 16, phases = 1", "max_current_a = 16, phases = 1, min_soc = 1.2"),
+        "vehicles[1].min_soc:",
+        id="bad-min-soc",
     ),
 ]
 
