@@ -31,6 +31,7 @@ from controllers.host import ControllerHost
 from emulators.ev import EV, EVSpec
 from emulators.meter import MeterReading, MeterServer
 from emulators.ocpp16 import Station16
+from emulators.ocpp201 import Station201
 from emulators.station import StationModel
 
 DEFAULT_SCENARIO = "workplace"
@@ -83,7 +84,8 @@ def site_config(scenario: Scenario) -> SiteConfig:
     """The installer's view of the site, which is all a controller is told."""
     return SiteConfig(
         limit_a=scenario.site.limit_a, phases=scenario.site.phases, voltage_v=scenario.site.voltage_v,
-        stations=tuple(StationConfig(s.id, s.max_current_a, s.phases, s.connectors) for s in scenario.stations),
+        stations=tuple(StationConfig(s.id, s.max_current_a, s.phases, s.connectors, s.ocpp)
+                       for s in scenario.stations),
     )
 
 
@@ -121,8 +123,10 @@ class _Run:
         self.clock: SimClock | None = None
         self.meter: MeterServer | None = None
         self.host: ControllerHost | None = None
-        self.stations: dict[str, Station16] = {}
+        self.stations: dict[str, Station16 | Station201] = {}
         self.models: dict[str, StationModel] = {}
+        self.plugged: dict[str, tuple[Any, EV]] = {}  # vehicle id → (scenario vehicle, its EV)
+        self.needs_later: dict[str, Any] = {}  # vehicle id → vehicle_needs event before it arrived
         self.background: set[asyncio.Task] = set()
         self.limit_a = scenario.site.limit_a
         self.building_override_a: float | None = None
@@ -166,7 +170,7 @@ class _Run:
     def _add_station(self, station: Any, url: str) -> None:
         assert self.clock is not None
         model = StationModel(station.id, station.connectors, station.max_current_a, station.phases,
-                             self.scenario.site.voltage_v)
+                             self.scenario.site.voltage_v, version=station.ocpp)
         sid = station.id
 
         def record(direction: str, raw: str) -> None:
@@ -175,9 +179,10 @@ class _Run:
         def report(kind: str, detail: dict) -> None:
             self.recorder.event(self._now(), kind, sid, detail)
 
-        emulator = Station16(model, url, self.clock, record, report,
-                             meter_value_interval_s=station.meter_value_interval_s,
-                             heartbeat_interval_s=station.heartbeat_interval_s)
+        adapter = Station201 if station.ocpp == "2.0.1" else Station16
+        emulator = adapter(model, url, self.clock, record, report,
+                           meter_value_interval_s=station.meter_value_interval_s,
+                           heartbeat_interval_s=station.heartbeat_interval_s)
         self.models[sid] = model
         self.stations[sid] = emulator
         self._spawn(emulator.run())
@@ -191,8 +196,9 @@ class _Run:
         arrivals = sorted(sc.vehicles, key=lambda v: (v.arrival_s, v.id))
         departures = sorted(sc.vehicles, key=lambda v: (v.departure_s, v.id))
         events = list(sc.events)
-        plugged: dict[str, tuple[Any, EV]] = {}
+        plugged = self.plugged
         full: set[str] = set()
+        station_limits: dict[str, float | None] = {}
         rotations = {s.id: s.rotation for s in sc.stations}
         start_epoch = clock.start_epoch
         next_meter_s = 0.0
@@ -216,6 +222,10 @@ class _Run:
             phase_sums = []
             for sid, model in self.models.items():
                 currents = model.step(epoch, t, step_s, supplied)
+                if sid not in station_limits or model.station_limit_a != station_limits[sid]:
+                    # MAX-PROFILE-SUM judges each station's draw against this station-wide bound.
+                    station_limits[sid] = model.station_limit_a
+                    rec.event(t, "station_max_limit", sid, {"limit_a": model.station_limit_a})
                 phase_sums.append(station_to_site(currents, rotations[sid]))
                 for port in model.ports.values():
                     ev = port.ev
@@ -256,8 +266,13 @@ class _Run:
                       taper_knee_soc=vehicle.taper_knee_soc,
                       # The seed varies each EV's lag within its configured bound.
                       response_lag_s=vehicle.response_lag_s * self.rng.uniform(0.25, 1.0),
-                      voltage_v=self.scenario.site.voltage_v)
+                      voltage_v=self.scenario.site.voltage_v, iso15118=vehicle.iso15118,
+                      departure_s=vehicle.departure_s, discharge_max_current_a=vehicle.discharge_max_current_a,
+                      min_soc=vehicle.min_soc)
         ev = EV(spec)
+        later = self.needs_later.pop(vehicle.id, None)
+        if later is not None:
+            ev.change_needs(later.departure_s, later.target_soc)
         self.models[station.id].plug(vehicle.connector, ev, vehicle.id, vehicle.id_tag)
         self.recorder.event(t, "vehicle_arrived", station.id, {"ev": vehicle.id, "connector": vehicle.connector})
         self._spawn(self.stations[station.id].plug_in(vehicle.connector, vehicle.id_tag))
@@ -286,7 +301,31 @@ class _Run:
                 self.host.site_limit_changed(event.value_a)
         elif event.kind == "building_load":
             self.building_override_a = event.value_a
+        elif event.kind == "external_limit":
+            station = self.stations[event.station]
+            assert isinstance(station, Station201)  # the scenario allows it on 2.0.1 stations only
+            self._spawn(station.set_external_constraints(0, event.value_a))
+            self.recorder.event(t, event.kind, event.station, {"value_a": event.value_a})
+            return
+        elif event.kind == "vehicle_needs":
+            self._change_needs(event, t)
+            return
         self.recorder.event(t, event.kind, None, {"value_a": event.value_a})
+
+    def _change_needs(self, event: Any, t: float) -> None:
+        detail = {"ev": event.vehicle, "departure_s": event.departure_s, "target_soc": event.target_soc}
+        entry = self.plugged.get(event.vehicle)
+        if entry is None:
+            self.needs_later[event.vehicle] = event  # it states them when it arrives
+        else:
+            vehicle, ev = entry
+            needs = ev.change_needs(event.departure_s, event.target_soc)
+            detail["energy_wh"] = None if needs is None else round(needs.energy_wh, 1)
+            station = self.stations[vehicle.station]
+            if isinstance(station, Station201):
+                self._spawn(station.renegotiate(vehicle.connector))
+        station_id = next(v.station for v in self.scenario.vehicles if v.id == event.vehicle)
+        self.recorder.event(t, "vehicle_needs", station_id, detail)
 
     async def _shutdown(self) -> None:
         for emulator in self.stations.values():
