@@ -212,14 +212,15 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(connectors: int = 1, meter_value_interval_s: float = 60.0, boot_answers: tuple[str, ...] = ()):
+async def rig(connectors: int = 1, meter_value_interval_s: float = 60.0, boot_answers: tuple[str, ...] = (),
+              max_current_a: float = 32.0):
     """A CSMS server and one Station201 connected to it; both stopped on exit."""
     csms = CsmsServer()
     csms.boot_answers = list(boot_answers)
     url = await csms.start()
     try:
         clock = SimClock(asyncio.get_running_loop(), START_EPOCH)
-        model = StationModel(STATION_ID, connectors=connectors, version="2.0.1")
+        model = StationModel(STATION_ID, connectors=connectors, max_current_a=max_current_a, version="2.0.1")
         recorded: list[tuple[str, str]] = []
         reports: list[tuple[str, dict]] = []
 
@@ -263,14 +264,19 @@ async def plug_and_charge(r: Rig, evse_id: int = 1, id_tag: str = "TAG1", car: E
 
 
 def profile(pid: int, purpose: str, periods: list[tuple[int, float]], start_epoch: float | None = None,
-            stack: int = 0, kind: str = "Absolute", tx: str | None = None) -> dict:
+            stack: int = 0, kind: str = "Absolute", tx: str | None = None, duration: int | None = None,
+            valid_from: float | None = None) -> dict:
     """A ChargingProfileType in the ocpp library's snake_case form."""
     schedule: dict[str, Any] = {"id": pid, "charging_rate_unit": "A",
                                 "charging_schedule_period": [{"start_period": s, "limit": lim} for s, lim in periods]}
     if start_epoch is not None:
         schedule["start_schedule"] = iso_z(start_epoch)
+    if duration is not None:
+        schedule["duration"] = duration
     body: dict[str, Any] = {"id": pid, "stack_level": stack, "charging_profile_purpose": purpose,
                             "charging_profile_kind": kind, "charging_schedule": [schedule]}
+    if valid_from is not None:
+        body["valid_from"] = iso_z(valid_from)
     if tx is not None:
         body["transaction_id"] = tx
     return body
@@ -599,6 +605,74 @@ def test_tc_k_41_composite_schedule_over_the_wire():
             assert periods_of(answer.schedule) == [(0, 8.0), (30, 10.0), (180, 6.0), (220, 10.0)]
             r.step(1)
             assert r.model.ports[1].offered_a == pytest.approx(8.0)
+
+    virtual(main)
+
+
+def test_tc_k_40_stacking_over_the_wire():
+    """TC_K_40_CS (test-case errata 2025-04): TxDefault stackLevel 0 for 400 s (6/8/10 A at 0/100/200 s) under
+    stackLevel 1 for 150 s (7/9 A at 0/100 s) → 7 A, 9 A at 100 s, 8 A at 150 s, 10 A at 200 s."""
+
+    async def main():
+        async with rig() as r:
+            t0 = r.clock.epoch()
+            for body in (profile(1, "TxDefaultProfile", [(0, 6.0), (100, 8.0), (200, 10.0)], t0, duration=400),
+                         profile(2, "TxDefaultProfile", [(0, 7.0), (100, 9.0)], t0, stack=1, duration=150)):
+                answer = await r.cp.call(call.SetChargingProfile(evse_id=1, charging_profile=body))
+                assert answer.status == "Accepted", answer.status_info
+            answer = await r.cp.call(call.GetCompositeSchedule(duration=350, evse_id=1, charging_rate_unit="A"))
+            assert periods_of(answer.schedule) == [(0, 7.0), (100, 9.0), (150, 8.0), (200, 10.0)]
+            await asyncio.sleep(120)
+            answer = await r.cp.call(call.GetCompositeSchedule(duration=300, evse_id=1))
+            assert periods_of(answer.schedule) == [(0, 9.0), (30, 8.0), (80, 10.0), (280, 32.0)]
+
+    virtual(main)
+
+
+def test_tc_k_21_valid_from_in_the_future_takes_effect_on_time_over_the_wire():
+    """TC_K_21_CS's purpose: a profile whose validFrom lies 300 s ahead changes nothing until then, and takes effect
+    at that second — in the composite schedule and in what the EVSE offers."""
+
+    async def main():
+        async with rig() as r:
+            await plug_and_charge(r)
+            t0 = r.clock.epoch()
+            body = profile(5, "TxDefaultProfile", [(0, 6.0)], kind="Relative", valid_from=t0 + 300)
+            answer = await r.cp.call(call.SetChargingProfile(evse_id=1, charging_profile=body))
+            assert answer.status == "Accepted", answer.status_info
+            answer = await r.cp.call(call.GetCompositeSchedule(duration=600, evse_id=1))
+            assert periods_of(answer.schedule) == [(0, 32.0), (300, 6.0)]
+            r.step(1)
+            assert r.model.ports[1].offered_a == 32.0
+            await asyncio.sleep(300 - (r.clock.epoch() - t0))
+            r.step(1)
+            assert r.model.ports[1].offered_a == 6.0
+
+    virtual(main)
+
+
+def test_errata_load_balancing_over_the_wire():
+    """Errata §2.46's example through a 2.0.1 session: a ChargingStationMaxProfile of 94 A (a 100 A connection less
+    6 A the station keeps) bounds both EVSEs together — 94 A for one session, 47/47 A for two, 94 A when one ends."""
+
+    async def main():
+        async with rig(connectors=2, max_current_a=100.0) as r:
+            t0 = r.clock.epoch()
+            answer = await r.cp.call(call.SetChargingProfile(evse_id=0, charging_profile=profile(
+                1, "ChargingStationMaxProfile", [(0, 94.0)], t0 - 1)))
+            assert answer.status == "Accepted"
+            big = dict(max_current_a=100.0, target_soc=0.95)
+            await plug_and_charge(r, 1, car=ev(**big))
+            r.step(1)
+            assert (r.model.ports[1].offered_a, r.model.ports[2].offered_a) == (94.0, 0.0)
+            await plug_and_charge(r, 2, id_tag="TAG2", car=ev(**big))
+            r.step(1)
+            assert (r.model.ports[1].offered_a, r.model.ports[2].offered_a) == (47.0, 47.0)
+            await r.station.unplug(1)
+            r.step(1)
+            assert r.model.ports[2].offered_a == 94.0
+            answer = await r.cp.call(call.GetCompositeSchedule(duration=60, evse_id=0))
+            assert periods_of(answer.schedule) == [(0, 94.0)]
 
     virtual(main)
 
