@@ -45,6 +45,30 @@ class StationConfig:
     phases: int = 3
     connectors: int = 1
     ocpp: str = "1.6"  # "1.6" or "2.0.1": the installer knows what each charger speaks
+    # A sub-meter wired for this charger: its unit id on the site meter's bus or gateway, and its
+    # register map when it is not the site meter's model. The host polls it with the site meter.
+    meter_unit: int | None = None
+    meter_model: str | None = None
+
+
+@dataclass(frozen=True)
+class MeterEndpoint:
+    """Where and what the installer wired as the site meter: a register map and a Modbus address.
+
+    ``model`` names a register map (:func:`controllers.register_map.load_register_map`: a bundled
+    model such as "sdm630", or a path to a map file). ``serial_port`` set means Modbus RTU on that
+    serial device, 8 data bits with ``baudrate``, ``parity`` ("N", "E", "O") and ``stopbits``;
+    otherwise Modbus TCP to ``host``:``port``.
+    """
+
+    model: str = "sdm630"
+    host: str = "127.0.0.1"
+    port: int = 502
+    serial_port: str | None = None
+    baudrate: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+    unit_id: int = 1
 
 
 @dataclass(frozen=True)
@@ -55,6 +79,11 @@ class SiteConfig:
     phases: int = 3
     voltage_v: float = 230.0
     stations: tuple[StationConfig, ...] = ()
+    meter: MeterEndpoint | None = None  # the site meter at the grid connection; None: none wired
+    # The installer's timing settings, as products expose them ("control interval", "meter poll
+    # interval"); None keeps the controller's own default (Controller.period_s / meter_poll_s).
+    period_s: float | None = None
+    meter_poll_s: float | None = None
 
     def station(self, station_id: str) -> StationConfig:
         for station in self.stations:
@@ -77,7 +106,14 @@ class Session:
 
 @dataclass(frozen=True)
 class MeterSample:
-    """One MeterValues sample of one connector (fields absent from the message are None)."""
+    """One sample of one connector's meter (fields the source did not give are None).
+
+    ``source`` "ocpp" is a MeterValues (or TransactionEvent) sample the station sent. "modbus" is a
+    read of the charger's sub-meter (:attr:`StationConfig.meter_unit`), which the host polls with the
+    site meter: connector 1, no offer, no SoC, and ``energy_wh`` is the sub-meter's own import
+    register — it counts from the meter's installation, not from the station's register that a
+    session's ``meter_start_wh`` refers to.
+    """
 
     station_id: str
     connector_id: int
@@ -87,6 +123,7 @@ class MeterSample:
     power_w: float | None = None
     energy_wh: float | None = None
     soc: float | None = None
+    source: str = "ocpp"
 
     @property
     def max_current_a(self) -> float | None:
@@ -95,12 +132,21 @@ class MeterSample:
 
 @dataclass(frozen=True)
 class SiteReading:
-    """One read of the site meter at the grid connection (Modbus)."""
+    """One plausible read of the site meter at the grid connection (Modbus); import is positive.
+
+    ``timestamp`` is when it was read. ``changed_at`` is when any of its values last differed from
+    the read before: a meter that keeps answering with frozen values shows as a ``changed_at`` that
+    stops advancing. A quantity the meter's register map lacks is None.
+    """
 
     timestamp: float
     currents_a: tuple[float, float, float]
     power_w: float
     import_kwh: float
+    voltages_v: tuple[float, float, float] | None = None
+    export_kwh: float | None = None
+    frequency_hz: float | None = None
+    changed_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -152,8 +198,14 @@ class Controller:
     """Base class of in-process controllers. Override what you need; defaults do nothing.
 
     ``period_s`` is how often :meth:`allocate` runs; ``meter_poll_s`` how often the host reads
-    the site meter (0 = never); ``meter_value_interval_s`` the MeterValueSampleInterval the host
-    configures on every station at boot (0 = leave the station's own).
+    the site meter and the chargers' sub-meters (0 = never) — both the controller's defaults, which
+    the installer's :class:`SiteConfig` settings override; ``meter_value_interval_s`` the
+    MeterValueSampleInterval the host configures on every station at boot (0 = leave the station's own).
+
+    The site meter reaches the controller as :meth:`on_site_reading` after every plausible read and
+    as :meth:`on_meter_unavailable` after a read failed (no answer, an exception, implausible values)
+    with all its retries. Sub-meters reach it as :meth:`on_meter_sample` with ``source`` "modbus":
+    a controller may use those instead of the stations' OCPP meter values.
     """
 
     name = "controller"
@@ -163,6 +215,10 @@ class Controller:
 
     def __init__(self, site: SiteConfig) -> None:
         self.site = site
+        if site.period_s is not None:
+            self.period_s = site.period_s
+        if site.meter_poll_s is not None:
+            self.meter_poll_s = site.meter_poll_s
 
     def failsafe_a(self, station_id: str) -> float | None:
         """Default limit installed on a station at boot (TxDefaultProfile); None installs none."""
@@ -191,7 +247,8 @@ class Controller:
     def on_site_limit(self, limit_a: float, now: float) -> None:
         """A grid signal: the limit at the connection point changed."""
 
-    def on_meter_unavailable(self, error: str, now: float) -> None: ...
+    def on_meter_unavailable(self, error: str, now: float) -> None:
+        """A read of the site meter failed; ``error`` says how. The last good reading is the last one sent."""
 
     def allocate(self, now: float) -> Mapping[ConnectorKey, Decision]:
         """Decisions wanted now, per connector; the host sends the ones that changed."""

@@ -10,6 +10,17 @@ sessions; a session that draws clearly less than its share (a tapering or full b
 
 IEC 61851-1 forbids offers between 0 and 6 A, so when the budget cannot give everyone 6 A, the
 sessions that have received the least energy get 6 A and the others pause.
+
+When the meter fails, it does what a product does (OFFLINE-SAFE). It stops trusting the meter when
+the last read failed, when the last good reading is older than ``stale_after_s``, or when the
+readings have not changed for ``frozen_after_s`` while an EV draws current (a real meter under a
+live load never repeats every digit that long: noise, the energy register). Then it stops
+integrating and holds a safe budget: the limit minus the margin minus the non-EV load of the last
+reading that changed (its worst phase minus what the EVs drew then by their OCPP samples — summed
+as if all on that phase, so with EVs spread over the phases this is a best estimate, not a bound),
+and never more than the budget it had. Fresh, changing readings resume the loop from the held budget. Without a
+single trusted reading while sessions run, the stations' failsafe default profile stays in force.
+Sub-meter samples (``source`` "modbus") are not used: this controller reads the chargers over OCPP.
 """
 
 from __future__ import annotations
@@ -27,10 +38,22 @@ class EqualShare(Controller):
     meter_poll_s = 1.0
     meter_value_interval_s = 30.0
     margin_a = 1.0  # keep this far under the limit: meter noise and the EVs' lag
-    raise_gain = 0.5  # fraction of the headroom added per period (cutting is immediate)
+    # Fraction of the headroom added per second of control period (cutting is immediate): 0.5 per
+    # default 5 s period. Per second, so that an installer's shorter period does not make the loop
+    # more aggressive — only faster than its meter, if the meter is slow (see OSCILLATION).
+    raise_per_s = 0.1
     saturation_a = 2.0  # drawing this much below the offer means the EV wants no more
+    # ... and it wants more again only when it draws within this much of the offer. Kept below
+    # saturation_a: an EV kept at drawn + saturation_a draws exactly that far under its offer, and
+    # releasing it there made the limit swing full ↔ kept every sample (OSCILLATION).
+    release_a = 1.0
     deadband_a = 2.0  # headroom below this is left alone: chasing it makes limits flap
     step_a = 1.0  # a share moves only by at least this much, unless the site is over its limit
+    stale_after_s = 10.0  # a site reading older than this is not trusted (the host reads every meter_poll_s)
+    # Unchanged values this long while EVs draw mean a frozen meter. Longer than stale_after_s: meters
+    # refresh every 1–10 s, and one refreshing every 10 s must not look frozen between refreshes.
+    frozen_after_s = 30.0
+    drawing_a = 1.0  # an EV drawing at least this much [A] must show on the site meter
 
     def __init__(self, site: SiteConfig) -> None:
         super().__init__(site)
@@ -39,8 +62,12 @@ class EqualShare(Controller):
         self.samples: dict[ConnectorKey, MeterSample] = {}
         self.energy_wh: dict[ConnectorKey, float] = {}
         self.shares: dict[ConnectorKey, float] = {}
+        self.saturated: set[ConnectorKey] = set()  # EVs taking clearly less than offered
         self.reading: SiteReading | None = None
         self.budget_a: float | None = None
+        self.meter_fault: str | None = None  # why the meter was not trusted at the last allocation, if it was not
+        self._meter_failed_at: float | None = None  # the last failed read since the last good one
+        self._seen: tuple[float, float] | None = None  # at the last reading that changed: worst phase, EV draw [A]
         self._cut = False
 
     def failsafe_a(self, station_id: str) -> float | None:
@@ -64,10 +91,11 @@ class EqualShare(Controller):
         key = (session.station_id, session.connector_id)
         for table in (self.sessions, self.samples, self.energy_wh, self.shares):
             table.pop(key, None)
+        self.saturated.discard(key)
 
     def on_meter_sample(self, sample: MeterSample, now: float) -> None:
         key = (sample.station_id, sample.connector_id)
-        if key not in self.sessions:
+        if key not in self.sessions or sample.source != "ocpp":
             return
         self.samples[key] = sample
         if sample.energy_wh is not None:
@@ -75,6 +103,12 @@ class EqualShare(Controller):
 
     def on_site_reading(self, reading: SiteReading, now: float) -> None:
         self.reading = reading
+        self._meter_failed_at = None
+        if self._seen is None or reading.changed_at is None or reading.changed_at >= reading.timestamp:
+            self._seen = (max(reading.currents_a), self._ev_draw_a())
+
+    def on_meter_unavailable(self, error: str, now: float) -> None:
+        self._meter_failed_at = now
 
     def on_site_limit(self, limit_a: float, now: float) -> None:
         if self.budget_a is not None:
@@ -84,25 +118,52 @@ class EqualShare(Controller):
     # -- the decision -----------------------------------------------------------------------------
 
     def allocate(self, now: float) -> dict[ConnectorKey, Limit]:
-        if not self.sessions or (self.reading is None and self.budget_a is None):
+        if not self.sessions or self.reading is None:
             return {}  # no meter reading yet: the failsafe default profile stays in force
+        self.meter_fault = self._meter_fault(self.reading, now)
+        if self.meter_fault is not None and self.budget_a is None:
+            return {}  # no budget was ever set from a trusted reading: the failsafe stays in force
         keeps = {}
         for key in self.sessions:
             keep = self._saturated(key)
             if keep is not None:
                 keeps[key] = min(keep, self._station_max_a(key))
-        self._update_budget(keeps)
+        if self.meter_fault is None:
+            self._update_budget(keeps)
+        else:
+            self._hold_safe_budget()
         budget = max(self.budget_a or 0.0, 0.0)
         shares = self._share(budget, keeps)
         self.shares = shares
         return {key: Limit(limit_a) for key, limit_a in shares.items()}
 
+    def _meter_fault(self, reading: SiteReading, now: float) -> str | None:
+        if self._meter_failed_at is not None:
+            return "unavailable"
+        if now - reading.timestamp > self.stale_after_s:
+            return "stale"
+        if reading.changed_at is not None and now - reading.changed_at > self.frozen_after_s and any(
+                (sample.max_current_a or 0.0) >= self.drawing_a for sample in self.samples.values()):
+            return "frozen"
+        return None
+
+    def _ev_draw_a(self) -> float:
+        """What the running sessions draw by their last OCPP samples [A, worst phase of each, summed]."""
+        return sum(sample.max_current_a or 0.0 for sample in self.samples.values())
+
+    def _hold_safe_budget(self) -> None:
+        assert self.budget_a is not None and self._seen is not None
+        worst_a, ev_draw_a = self._seen
+        non_ev_a = max(worst_a - ev_draw_a, 0.0)
+        cap = sum(self._station_max_a(k) for k in self.sessions)
+        held = max(0.0, min(self.budget_a, self.limit_a - self.margin_a - non_ev_a, cap))
+        self._cut = held < self.budget_a
+        self.budget_a = held
+
     def _update_budget(self, keeps: dict[ConnectorKey, float]) -> None:
+        assert self.reading is not None
         cap = sum(self._station_max_a(k) for k in self.sessions)
         self._cut = False
-        if self.reading is None:
-            self.budget_a = min(self.budget_a or 0.0, cap)
-            return
         worst_a = max(self.reading.currents_a)
         error_a = self.limit_a - self.margin_a - worst_a
         # What the EVs can be drawing now: their shares, except what saturated EVs leave unused.
@@ -113,15 +174,9 @@ class EqualShare(Controller):
             self.budget_a += error_a
             self._cut = True
         elif error_a > self.deadband_a:
-            self.budget_a += self.raise_gain * error_a
+            self.budget_a += min(self.raise_per_s * self.period_s, 1.0) * error_a
         # Anti-windup: never promise more than can be drawn now plus the measured headroom.
         self.budget_a = max(0.0, min(self.budget_a, cap, promised + max(error_a, 0.0)))
-
-    def _drawn_a(self, key: ConnectorKey) -> float:
-        sample = self.samples.get(key)
-        if sample is None or sample.max_current_a is None:
-            return self.shares.get(key, 0.0)
-        return sample.max_current_a
 
     def _saturated(self, key: ConnectorKey) -> float | None:
         """What an EV that takes clearly less than offered should keep (None: it wants more)."""
@@ -131,8 +186,12 @@ class EqualShare(Controller):
             return None
         if sample.offered_a + 0.05 < share:
             return None  # its sample predates its current share: no evidence yet
-        if sample.max_current_a < sample.offered_a - self.saturation_a:
+        # Hysteresis: entering saturation takes a clear gap, leaving it takes drawing near the offer.
+        gap_a = self.release_a if key in self.saturated else self.saturation_a
+        if sample.max_current_a < sample.offered_a - gap_a:
+            self.saturated.add(key)
             return max(sample.max_current_a + self.saturation_a, MIN_CURRENT_A)
+        self.saturated.discard(key)
         return None
 
     def _share(self, budget_a: float, keeps: dict[ConnectorKey, float]) -> dict[ConnectorKey, float]:

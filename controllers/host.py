@@ -2,8 +2,8 @@
 
 This module owns the product side of the wire for in-process controllers: a websockets server
 that accepts charging stations at ``ws://HOST:PORT/<station id>``, answers their requests, turns
-them into :mod:`controllers.api` calls, polls the site meter over Modbus TCP, and turns the
-controller's decisions into SetChargingProfile messages.
+them into :mod:`controllers.api` calls, polls the site meter (and the chargers' sub-meters) over
+Modbus TCP or RTU, and turns the controller's decisions into SetChargingProfile messages.
 
 Versions. The server offers ``ocpp2.0.1`` and ``ocpp1.6`` and takes the first of those the station
 also offers; the negotiated subprotocol picks the session class (:class:`_Station16` or
@@ -20,6 +20,15 @@ puts exactly that payload on the wire, because a product may send wrong profiles
 to see what it sent. Both are sent again only when they change (or the station reconnects, or the
 EV restates its charging needs).
 
+Meters. Every ``meter_poll_s`` (start to start; a read slower than that delays the next one) the
+host reads the site meter through :class:`~controllers.meter_client.MeterClient`, which times out,
+retries and judges plausibility as a product does. A plausible read becomes ``on_site_reading``
+with ``changed_at`` (when any value last changed: a frozen meter shows there); a failed one
+becomes ``on_meter_unavailable``, and :attr:`ControllerHost.site_reading` keeps the last good
+reading. Sub-meters (:attr:`~controllers.api.StationConfig.meter_unit`) are read on the same bus in
+the same loop and become ``on_meter_sample`` with ``source`` "modbus"; a failed sub-meter read is
+logged, not reported as the site meter's loss.
+
 It knows nothing of the bench: it takes a ``now`` callable for the time, so the same host serves
 a virtual-time run and a real lab bench.
 """
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import itertools
 import json
 import logging
@@ -55,12 +65,13 @@ from controllers.api import (
     ConnectorKey,
     Controller,
     Limit,
+    MeterEndpoint,
     MeterSample,
     Profile,
     Session,
     SiteReading,
 )
-from controllers.meter_client import MeterUnavailable, SDM630Client
+from controllers.meter_client import MeterBus, MeterClient, MeterUnavailable, SiteMeterReading
 
 ocpp_fastpath.install()
 logging.getLogger("ocpp").setLevel(logging.CRITICAL)
@@ -440,14 +451,21 @@ def _sampled_data_variable(name: str, value: str) -> dict:
 
 
 class ControllerHost:
-    """An in-process controller behind a real OCPP 1.6 / 2.0.1 server and a real Modbus client."""
+    """An in-process controller behind a real OCPP 1.6 / 2.0.1 server and a real Modbus client.
+
+    ``meter`` is the site meter to poll; None takes the installer's (``controller.site.meter``),
+    and with neither no meter is read.
+    """
 
     def __init__(self, controller: Controller, *, host: str = "127.0.0.1", port: int = 0,
-                 meter: tuple[str, int, int] | None = None, now: Callable[[], float] = time.time,
+                 meter: MeterEndpoint | None = None, now: Callable[[], float] = time.time,
                  heartbeat_s: int = 300) -> None:
         self.controller = controller
         self.host, self.port = host, port
-        self.meter = meter
+        self.meter = meter if meter is not None else controller.site.meter
+        self.site_reading: SiteReading | None = None  # the last good read of the site meter
+        self._site_changed: tuple[SiteMeterReading, float] | None = None  # the last values and when they showed
+        self._sub_meters_down: set[str] = set()
         self.now = now
         self.heartbeat_s = heartbeat_s
         self.stations: dict[str, _Station16 | _Station201] = {}
@@ -472,7 +490,7 @@ class ControllerHost:
         self.port = self._server.sockets[0].getsockname()[1]
         self._tasks.append(asyncio.create_task(self._allocation_loop()))
         if self.meter is not None and self.controller.meter_poll_s > 0:
-            self._tasks.append(asyncio.create_task(self._meter_loop()))
+            self._tasks.append(asyncio.create_task(self._meter_loop(*self._meter_clients(self.meter))))
         return self.url
 
     async def stop(self) -> None:
@@ -600,21 +618,57 @@ class ControllerHost:
 
     # -- site meter -------------------------------------------------------------------------------
 
-    async def _meter_loop(self) -> None:
-        host, port, unit = self.meter  # type: ignore[misc]
-        client = SDM630Client(host, port, device_id=unit)
+    def _meter_clients(self, site: MeterEndpoint) -> tuple[MeterBus, MeterClient, dict[str, MeterClient]]:
+        """The bus, the site meter's client and each sub-meter's; a map that will not load raises here."""
+        bus = MeterBus(site)
+        sub_meters = {
+            station.id: MeterClient(dataclasses.replace(site, unit_id=station.meter_unit,
+                                                        model=station.meter_model or site.model), bus=bus)
+            for station in self.controller.site.stations if station.meter_unit is not None
+        }
+        return bus, MeterClient(site, bus=bus), sub_meters
+
+    async def _meter_loop(self, bus: MeterBus, site: MeterClient, sub_meters: dict[str, MeterClient]) -> None:
+        loop = asyncio.get_running_loop()
         try:
+            next_poll = loop.time()
             while True:
                 try:
-                    reading = await client.read()
-                    now = self.now()
-                    self.controller.on_site_reading(
-                        SiteReading(now, reading.currents_a, reading.power_w, reading.import_kwh), now)
-                except MeterUnavailable as error:
-                    self.controller.on_meter_unavailable(str(error), self.now())
-                await asyncio.sleep(self.controller.meter_poll_s)
+                    await self._read_site_meter(site)
+                    for station_id, client in sub_meters.items():
+                        await self._read_sub_meter(station_id, client)
+                except Exception as error:  # a controller bug in a hook must not stop the polling
+                    _log.exception("meter poll failed: %s", error)
+                next_poll = max(next_poll + self.controller.meter_poll_s, loop.time())
+                await asyncio.sleep(next_poll - loop.time())
         finally:
-            await client.close()
+            await bus.close()
+
+    async def _read_site_meter(self, client: MeterClient) -> None:
+        try:
+            values = await client.read()
+        except MeterUnavailable as error:
+            self.controller.on_meter_unavailable(str(error), self.now())
+            return
+        now = self.now()
+        if self._site_changed is None or self._site_changed[0] != values:
+            self._site_changed = (values, now)
+        self.site_reading = SiteReading(now, values.currents_a, values.power_w, values.import_kwh, values.voltages_v,
+                                        values.export_kwh, values.frequency_hz, changed_at=self._site_changed[1])
+        self.controller.on_site_reading(self.site_reading, now)
+
+    async def _read_sub_meter(self, station_id: str, client: MeterClient) -> None:
+        try:
+            values = await client.read()
+        except MeterUnavailable as error:
+            if station_id not in self._sub_meters_down:  # log a failure once, not every poll
+                self._sub_meters_down.add(station_id)
+                _log.warning("%s: sub-meter read failed: %s", station_id, error)
+            return
+        self._sub_meters_down.discard(station_id)
+        now = self.now()
+        self.controller.on_meter_sample(MeterSample(station_id, 1, now, values.currents_a, power_w=values.power_w,
+                                                    energy_wh=values.import_kwh * 1000.0, source="modbus"), now)
 
 
 def _profile16(profile_id: int, stack_level: int, purpose: str, limit_a: float, now: float, tx: Any) -> dict:

@@ -20,7 +20,16 @@ import pytest
 import websockets
 
 from bench.clock import SimClock
-from controllers.api import Controller, Limit, MeterSample, Session, SiteConfig, SiteReading, StationConfig
+from controllers.api import (
+    Controller,
+    Limit,
+    MeterEndpoint,
+    MeterSample,
+    Session,
+    SiteConfig,
+    SiteReading,
+    StationConfig,
+)
 from controllers.equal_share import EqualShare
 from controllers.host import ControllerHost
 from emulators.ev import EV, EVSpec
@@ -181,7 +190,7 @@ async def _stop_station(emulated: Emulated) -> None:
 
 @asynccontextmanager
 async def host_rig(controller: Controller, stations: dict[str, int] | None = None,
-                   meter: tuple[str, int, int] | None = None):
+                   meter: MeterEndpoint | None = None):
     """A started ControllerHost with ``stations`` ({id: connectors}) connected and booted; all stopped on exit."""
     global WATCH
     watch = Watch()
@@ -451,30 +460,121 @@ def test_site_meter_readings_reach_the_controller():
         await meter.start()
         try:
             probe = Probe()
-            async with host_rig(probe, meter=("127.0.0.1", meter.port, 1)) as rig:
+            async with host_rig(probe, meter=MeterEndpoint(port=meter.port)) as rig:
                 await rig.until(lambda: probe.of("site"), what="a site reading")
                 reading = probe.of("site")[0][0]
                 assert reading.currents_a == (10.5, 11.0, 12.25)
                 assert reading.power_w == pytest.approx((10.5 + 11.0 + 12.25) * 230.0)
                 assert reading.import_kwh == pytest.approx(1234.5)
+                assert reading.voltages_v == (230.0, 230.0, 230.0)
+                assert (reading.export_kwh, reading.frequency_hz) == (0.0, 50.0)
+                assert reading.changed_at == reading.timestamp == pytest.approx(rig.clock.epoch(), abs=1)
 
                 await meter.update(_reading((20.0, 0.0, 5.5), 1240.0))
                 await rig.until(lambda: probe.of("site")[-1][0].currents_a == (20.0, 0.0, 5.5), what="new reading")
                 assert probe.of("site")[-1][0].import_kwh == pytest.approx(1240.0)
-                # About one read per meter_poll_s (1 s).
+                # About one read per meter_poll_s (1 s); unchanged values keep the time they first showed.
+                changed_at = probe.of("site")[-1][0].changed_at
                 n = len(probe.of("site"))
                 await asyncio.sleep(10)
                 assert 8 <= len(probe.of("site")) - n <= 12
+                last = probe.of("site")[-1][0]
+                assert last.changed_at == changed_at and last.timestamp >= changed_at + 8
 
-                # The meter goes away: the controller is told, the host keeps serving.
+                # A frozen meter answers on, but what it shows stops changing.
+                meter.set_fault("frozen")
+                await meter.update(_reading((30.0, 30.0, 30.0), 1250.0))
+                await asyncio.sleep(10)
+                last = probe.of("site")[-1][0]
+                assert last.currents_a == (20.0, 0.0, 5.5) and last.changed_at == changed_at
+                meter.set_fault(None)
+                await meter.update(_reading((30.0, 30.0, 30.0), 1250.0))
+                await rig.until(lambda: probe.of("site")[-1][0].changed_at > changed_at, what="a change")
+                assert probe.of("site")[-1][0].currents_a == (30.0, 30.0, 30.0)
+
+                # The meter goes away: the controller is told, the host keeps the last good reading
+                # and goes on serving the stations.
                 await meter.stop()
                 await rig.until(lambda: probe.of("meter_unavailable"), what="meter unavailable")
+                assert rig.host.site_reading == probe.of("site")[-1][0]
+                assert "Eastron SDM630 at 127.0.0.1" in probe.of("meter_unavailable")[0][0]
                 await rig.plug("CP1")
                 await rig.until(lambda: probe.of("started"), what="session after meter loss")
+                # Back on the same port: readings resume.
+                n = len(probe.of("site"))
+                await meter.start()
+                await rig.until(lambda: len(probe.of("site")) > n, what="readings after the meter came back")
         finally:
             await meter.stop()
 
     virtual(main)
+
+
+def test_sub_meters_are_read_on_the_site_meters_bus_and_become_meter_samples(caplog):
+    async def main():
+        meter = MeterServer("sdm630", port=0, device_id=1, sub_meters={2: "em24", 3: "sdm630"})
+        await meter.update(_reading((20.0, 20.0, 20.0), 1000.0))
+        await meter.update(_reading((16.0, 0.0, 0.0), 12.5), unit=2)
+        await meter.update(_reading((8.0, 8.0, 8.0), 7.0), unit=3)
+        await meter.start()
+        try:
+            # The installer's configuration names the meter; the host reads it from there.
+            site = SiteConfig(limit_a=32.0, meter=MeterEndpoint(port=meter.port),
+                              stations=(StationConfig("CP1", meter_unit=2, meter_model="em24"),
+                                        StationConfig("CP2", meter_unit=3), StationConfig("CP3")))
+            probe = Probe(site)
+            async with host_rig(probe, {}):
+                await asyncio.sleep(5)
+                samples = [args[0] for args in probe.of("sample")]
+                assert {s.station_id for s in samples} == {"CP1", "CP2"}
+                assert 8 <= len(samples) <= 12  # each sub-meter about once a second, with the site meter
+                cp1 = [s for s in samples if s.station_id == "CP1"][-1]
+                assert (cp1.connector_id, cp1.source, cp1.offered_a, cp1.soc) == (1, "modbus", None, None)
+                assert cp1.currents_a == (16.0, 0.0, 0.0)
+                assert cp1.power_w == pytest.approx(16.0 * 230.0)
+                assert cp1.energy_wh == pytest.approx(12_500.0)
+                cp2 = [s for s in samples if s.station_id == "CP2"][-1]
+                assert cp2.currents_a == (8.0, 8.0, 8.0) and cp2.energy_wh == pytest.approx(7_000.0)
+
+                # A failing sub-meter is logged once; it is not the site meter's loss.
+                meter.set_fault("garbage", unit=2)
+                n = len(probe.of("site"))
+                await asyncio.sleep(10)
+                assert len(probe.of("site")) - n >= 5
+                assert probe.of("meter_unavailable") == []
+                assert [s.station_id for s in (a[0] for a in probe.of("sample")[len(samples):])].count("CP1") <= 1
+                meter.set_fault(None, unit=2)
+                n = len(probe.of("sample"))
+                await asyncio.sleep(5)
+                assert any(a[0].station_id == "CP1" for a in probe.of("sample")[n:])
+        finally:
+            await meter.stop()
+
+    with caplog.at_level(logging.WARNING, logger="evbench.host"):
+        virtual(main)
+    failures = [r.getMessage() for r in caplog.records if "sub-meter" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].startswith("CP1: sub-meter read failed")
+    assert "implausible" in failures[0]
+
+
+def test_a_controller_that_raises_on_a_site_reading_does_not_stop_the_meter_polling(caplog):
+    class Fragile(Probe):
+        def on_site_reading(self, reading, now):
+            super().on_site_reading(reading, now)
+            if len(self.of("site")) == 1:
+                raise RuntimeError("controller bug")
+
+    async def main():
+        async with MeterServer(port=0) as meter:
+            await meter.update(_reading((1.0, 2.0, 3.0), 1.0))
+            probe = Fragile()
+            async with host_rig(probe, {}, meter=MeterEndpoint(port=meter.port)):
+                await asyncio.sleep(5)
+                assert len(probe.of("site")) >= 4
+
+    with caplog.at_level(logging.ERROR, logger="evbench.host"):
+        virtual(main)
+    assert any("meter poll failed" in r.getMessage() for r in caplog.records)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -549,7 +649,7 @@ def test_equal_share_splits_the_site_limit_between_stations():
         await meter.update(_reading((0.0, 0.0, 0.0), 0.0))
         await meter.start()
         try:
-            async with host_rig(controller, {"CP1": 1, "CP2": 1}, meter=("127.0.0.1", meter.port, 1)) as rig:
+            async with host_rig(controller, {"CP1": 1, "CP2": 1}, meter=MeterEndpoint(port=meter.port)) as rig:
                 cp1, cp2 = rig["CP1"], rig["CP2"]
                 for cp in (cp1, cp2):
                     await rig.until(lambda cp=cp: cp.model.engine.profiles(0), what="failsafe")
