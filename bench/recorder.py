@@ -18,6 +18,11 @@ wall time):
 - ``events``                      discrete things that happened (arrivals, trips, limit changes…),
                                   detail as JSON text.
 - ``vehicles``                    one row per EV, written at its departure or at the end of the run.
+- ``meter_reads``                 every Modbus request the emulated meters served or refused: unit id,
+                                  function code, start address, register count, outcome (``ok``, a
+                                  fault's name, a Modbus exception), and how old the served values were
+                                  [s] (NULL when nothing was served) — what the controller saw, and when
+                                  it saw stale data.
 
 Durability: WAL journal with ``synchronous=NORMAL`` — a commit survives a crash of the process
 (a power cut may lose the last commits but never corrupts the file). Rows are buffered in memory
@@ -35,7 +40,7 @@ from typing import Any
 
 #: Bumped when a table changes shape; stored in SQLite's ``PRAGMA user_version``, so the meta
 #: table stays exactly what the bench passed in.
-TRACE_FORMAT = 1
+TRACE_FORMAT = 2  # 2: + meter_reads (a format-1 trace reads back with no meter reads)
 
 #: Rows buffered before the recorder writes without being asked: big enough that executemany
 #: amortises its per-statement cost, small enough that a crash between the bench's flushes loses
@@ -67,6 +72,10 @@ CREATE TABLE vehicles (
     ev TEXT NOT NULL, station TEXT, connector INTEGER, arrival_t REAL, departure_t REAL,
     requested_kwh REAL, delivered_kwh REAL, deliverable_kwh REAL
 );
+CREATE TABLE meter_reads (
+    t REAL NOT NULL, unit INTEGER, function INTEGER, address INTEGER, count INTEGER,
+    outcome TEXT NOT NULL, age_s REAL
+);
 """
 
 _INSERT_SITE = "INSERT INTO site_samples VALUES (?,?,?,?,?,?,?,?)"
@@ -74,6 +83,7 @@ _INSERT_STATION = "INSERT INTO station_samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_MESSAGE = "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?)"
 _INSERT_EVENT = "INSERT INTO events VALUES (?,?,?,?)"
 _INSERT_VEHICLE = "INSERT INTO vehicles VALUES (?,?,?,?,?,?,?,?)"
+_INSERT_METER_READ = "INSERT INTO meter_reads VALUES (?,?,?,?,?,?,?)"
 
 # A result or error answers a call that travelled the other way on the same station.
 _OTHER_DIRECTION = {"to_station": "from_station", "from_station": "to_station"}
@@ -145,6 +155,7 @@ class Recorder:
         self._messages: list[tuple] = []
         self._events: list[tuple] = []
         self._vehicles: list[tuple] = []
+        self._meter_reads: list[tuple] = []
         self._pending = 0
         # (station, direction the call travelled) -> {unique_id: action}
         self._open_calls: dict[tuple[str, str], dict[str, str]] = {}
@@ -217,6 +228,16 @@ class Recorder:
         if self._pending > AUTO_FLUSH_ROWS:
             self.flush()
 
+    def meter_read(self, t: float, unit: int, function: int, address: int, count: int, outcome: str,
+                   age_s: float | None) -> None:
+        """One Modbus request to an emulated meter: ``outcome`` is ``ok``, the fault it met (``frozen``,
+        ``garbage``, ``word_order``, ``slow``) or the refusal (``illegal_function``, ``illegal_address``,
+        ``no_device``); ``age_s`` [s] is how old the values served were, None when none were."""
+        self._meter_reads.append((t, unit, function, address, count, outcome, age_s))
+        self._pending += 1
+        if self._pending > AUTO_FLUSH_ROWS:
+            self.flush()
+
     # -- durability ---------------------------------------------------------------------------
 
     def flush(self) -> None:
@@ -231,14 +252,14 @@ class Recorder:
         try:
             for sql, rows in ((_INSERT_SITE, self._site), (_INSERT_STATION, self._stations),
                               (_INSERT_MESSAGE, self._messages), (_INSERT_EVENT, self._events),
-                              (_INSERT_VEHICLE, self._vehicles)):
+                              (_INSERT_VEHICLE, self._vehicles), (_INSERT_METER_READ, self._meter_reads)):
                 if rows:
                     db.executemany(sql, rows)
             db.commit()
         except BaseException:
             db.rollback()  # keep the file at the last good commit; the rows stay buffered
             raise
-        for rows in (self._site, self._stations, self._messages, self._events, self._vehicles):
+        for rows in (self._site, self._stations, self._messages, self._events, self._vehicles, self._meter_reads):
             rows.clear()
         self._pending = 0
 

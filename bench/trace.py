@@ -3,7 +3,8 @@
 ``load_trace`` turns a file written by ``bench.recorder`` into plain Python data (tuples and
 dicts, no SQLite left open), so checks stay pure functions of a :class:`Trace`. It reads a
 crashed run's file as well as a finished one's: SQLite replays the WAL on open, giving
-everything up to the recorder's last flush.
+everything up to the recorder's last flush. A trace of an older format reads back with empty lists
+for the tables it did not have yet (format 1: no ``meter_reads``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Trace:
     - ``events``: ``{t, kind, station, detail}``, detail a dict
     - ``vehicles``: ``{ev, station, connector, arrival_t, departure_t, requested_kwh,
       delivered_kwh, deliverable_kwh}``
+    - ``meter_reads``: ``(t, unit, function, address, count, outcome, age_s | None)`` per Modbus
+      request an emulated meter served or refused (see ``Recorder.meter_read``)
     All lists are in recording order.
     """
 
@@ -44,6 +47,7 @@ class Trace:
     messages: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
     vehicles: list[dict] = field(default_factory=list)
+    meter_reads: list[tuple] = field(default_factory=list)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -110,9 +114,11 @@ def load_trace(path: str | Path) -> Trace:
                          deliverable_kwh=deliverable)
                     for ev, station, connector, arrival, departure, requested, delivered, deliverable
                     in db.execute("SELECT * FROM vehicles ORDER BY rowid")]
+        meter_reads = ([tuple(row) for row in db.execute("SELECT * FROM meter_reads ORDER BY rowid")]
+                       if "meter_reads" in tables else [])
     except sqlite3.DatabaseError as exc:
         raise TraceError(f"not a readable evbench trace ({exc})") from None
     finally:
         db.close()
     return Trace(meta=meta, site=site, stations=stations, messages=messages,
-                 events=events, vehicles=vehicles)
+                 events=events, vehicles=vehicles, meter_reads=meter_reads)

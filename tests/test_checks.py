@@ -53,7 +53,8 @@ def only(trace, check_id):
 
 def test_catalogue_order_and_unknown_ids():
     assert list(CHECKS) == ["SITE-LIMIT", "BREAKER", "STATION-LIMIT", "MAX-PROFILE-SUM", "MIN-CURRENT",
-                            "PROFILE-VALID", "TX-PROFILE-SCOPE", "PROFILE-UPDATE", "NEEDS-ANSWERED"]
+                            "PROFILE-VALID", "TX-PROFILE-SCOPE", "PROFILE-UPDATE", "NEEDS-ANSWERED",
+                            "OSCILLATION", "OFFLINE-SAFE"]
     with pytest.raises(KeyError, match="known: SITE-LIMIT"):
         run_checks(None, ["SITE-LIMIT", "NOPE"])
 

@@ -178,7 +178,8 @@ def failing(trace):
 
 def test_catalogue_order_and_sources():
     assert list(CHECKS) == ["SITE-LIMIT", "BREAKER", "STATION-LIMIT", "MAX-PROFILE-SUM", "MIN-CURRENT",
-                            "PROFILE-VALID", "TX-PROFILE-SCOPE", "PROFILE-UPDATE", "NEEDS-ANSWERED"]
+                            "PROFILE-VALID", "TX-PROFILE-SCOPE", "PROFILE-UPDATE", "NEEDS-ANSWERED",
+                            "OSCILLATION", "OFFLINE-SAFE"]
     sources = {r.id: (r.layer, r.source) for r in run_checks(Trace(meta={}))}
     assert sources["MAX-PROFILE-SUM"] == ("measured", "1.6 §3.13.3; MicroOcppSimulator#21")
     assert sources["PROFILE-VALID"] == ("message", "K01.FR.03/06/16/38/39/40/41")

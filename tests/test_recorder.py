@@ -191,3 +191,43 @@ def test_load_trace_names_what_is_wrong(tmp_path):
     db.close()
     with pytest.raises(ValueError, match="not an evbench trace"):
         load_trace(other)
+
+
+def test_meter_reads_roundtrip_and_flush_with_the_rest(tmp_path):
+    path = tmp_path / "run.db"
+    rec = Recorder(path, META)
+    rec.meter_read(1.0, 1, 4, 0, 80, "ok", 0.4)
+    rec.meter_read(2.0, 1, 3, 0, 2, "illegal_function", None)
+    rec.meter_read(3.0, 9, 4, 0, 80, "no_device", None)
+    rec.flush()
+    rec.meter_read(4.0, 1, 4, 0, 80, "frozen", 3.4)  # not flushed yet: a crash now would lose only this
+    assert load_trace(path).meter_reads == [(1.0, 1, 4, 0, 80, "ok", 0.4), (2.0, 1, 3, 0, 2, "illegal_function", None),
+                                            (3.0, 9, 4, 0, 80, "no_device", None)]
+    rec.close()
+    assert load_trace(path).meter_reads[-1] == (4.0, 1, 4, 0, 80, "frozen", 3.4)
+
+
+def test_a_format_1_trace_reads_back_without_meter_reads(tmp_path):
+    path = tmp_path / "old.db"
+    with Recorder(path, META) as rec:
+        rec.site(0.0, (1.0, 1.0, 1.0), 80.0, 690.0, 0.0, True)
+        rec.meter_read(0.5, 1, 4, 0, 80, "ok", 0.0)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.execute("DROP TABLE meter_reads")  # what format 1 wrote
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    trace = load_trace(path)
+    assert trace.meter_reads == [] and len(trace.site) == 1
+
+
+def test_a_newer_format_is_refused(tmp_path):
+    path = tmp_path / "new.db"
+    Recorder(path, META).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=99")
+    db.commit()
+    db.close()
+    with pytest.raises(TraceError, match="newer than this evbench reads"):
+        load_trace(path)
