@@ -89,6 +89,105 @@ def report(
 
 
 @app.command()
+def meter(
+    scenario: str = typer.Argument("workplace", help="bundled scenario name or path, run live behind the meter"),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="replay this recorded run's site instead of "
+                                                                 "running a scenario"),
+    model: Optional[str] = typer.Option(None, "--model", help="register map: sdm630, em24, b23, sdm72dm2 or a "
+                                                               "map file (default: the scenario's, else sdm630)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Modbus TCP address to listen on"),
+    port: int = typer.Option(5020, "--port", help="Modbus TCP port"),
+    serial: Optional[str] = typer.Option(None, "--serial", help="serve Modbus RTU on this serial device instead"),
+    baud: int = typer.Option(9600, "--baud", help="RTU baud rate"),
+    parity: str = typer.Option("N", "--parity", help="RTU parity: N, E or O"),
+    stopbits: int = typer.Option(1, "--stopbits", help="RTU stop bits: 1 or 2"),
+    unit: Optional[int] = typer.Option(None, "--unit", help="Modbus unit id (default: the scenario's, else 1)"),
+    controller: str = typer.Option("equal_share", "--controller", "-c",
+                                   help="the controller that runs the scenario's stations: a ws:// URL for a "
+                                        "physical one, or an in-process name"),
+    speed: Optional[float] = typer.Option(None, "--speed", help="N× real time (default: real time)"),
+    duration: Optional[str] = typer.Option(None, "--duration", help="run the scenario only this long"),
+) -> None:
+    """Serve a live site meter for a physical controller: from a running scenario, or replaying a recorded run."""
+    from pydantic import ValidationError
+
+    from bench.runner import ControllerError, resolve_controller, run_scenario
+    from bench.scenario import (
+        MeterConfig,
+        ScenarioError,
+        find_scenario,
+        load_scenario,
+        parse_duration,
+    )
+
+    if speed is not None and speed <= 0:
+        raise _bad_input(f"--speed: expected a positive factor (got {speed:g})")
+    wanted = {"host": host, "port": port, "serial": serial, "baudrate": baud, "parity": parity.upper(),
+              "stopbits": stopbits}
+    if model is not None:
+        wanted["model"] = model
+    if unit is not None:
+        wanted["unit_id"] = unit
+
+    if trace is not None:
+        from bench.meter_replay import replay
+        from bench.trace import TraceError, load_trace
+        from emulators.meter import MeterServer
+
+        try:
+            config = MeterConfig.model_validate(wanted)
+            recorded = load_trace(trace)
+        except ValidationError as error:
+            raise _bad_input(_meter_flag_error(error)) from None
+        except TraceError as error:
+            raise _bad_input(f"{trace}: {error}") from None
+        server = MeterServer(config.model, host=config.host, port=config.port, device_id=config.unit_id,
+                             serial_port=config.serial, baudrate=config.baudrate, parity=config.parity,
+                             stopbits=config.stopbits)
+        try:
+            served = replay(recorded, server, speed or 1.0, announce=lambda line: typer.echo(line, err=True))
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        except OSError as error:
+            raise _bad_input(str(error)) from None
+        typer.echo(f"served {served} samples")
+        return
+
+    try:
+        sc = load_scenario(find_scenario(scenario))
+        spec = resolve_controller(controller)
+        config = MeterConfig.model_validate({**sc.site.meter.model_dump(), **wanted})
+        duration_s = parse_duration(duration) if duration is not None else None
+    except (ScenarioError, ControllerError) as error:
+        raise _bad_input(str(error)) from None
+    except ValidationError as error:
+        raise _bad_input(_meter_flag_error(error)) from None
+    except ValueError as error:
+        raise _bad_input(f"--duration: {error}") from None
+    if config.serial and not spec.external:
+        raise _bad_input("--serial: an in-process controller cannot share the bench's serial port; wire a "
+                         "physical controller to it and pass --controller ws://…")
+    sc = sc.model_copy(update={"site": sc.site.model_copy(update={"meter": config})})
+    try:
+        result = run_scenario(sc, controller, speed=speed or 1.0, duration_s=duration_s,
+                              announce=lambda line: typer.echo(line, err=True))
+    except KeyboardInterrupt:
+        typer.echo("evbench: interrupted; the trace so far is kept", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(render_table(result))
+    raise typer.Exit(EXIT_PASS if result.verdict == "pass" else EXIT_FAIL)
+
+
+def _meter_flag_error(error: Exception) -> str:
+    """A meter flag pydantic refused, as one line naming the flag."""
+    flags = {"model": "--model", "port": "--port", "serial": "--serial", "baudrate": "--baud", "parity": "--parity",
+             "stopbits": "--stopbits", "unit_id": "--unit", "host": "--host"}
+    first = error.errors()[0]  # type: ignore[attr-defined]
+    field = str(first["loc"][0]) if first.get("loc") else ""
+    return f"{flags.get(field, field)}: {first['msg']}"
+
+
+@app.command()
 def scenarios() -> None:
     """List the bundled scenarios."""
     from bench.scenario import bundled_scenarios, find_scenario, load_scenario

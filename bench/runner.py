@@ -26,10 +26,18 @@ from bench.recorder import Recorder
 from bench.report import RunResult, judge
 from bench.scenario import Scenario, ScenarioError, find_scenario, load_scenario
 from bench.site import Breaker, Site, station_to_site
-from controllers.api import Controller, SiteConfig, StationConfig
+from controllers.api import Controller, MeterEndpoint, SiteConfig, StationConfig
 from controllers.host import ControllerHost
+from controllers.register_map import load_register_map
 from emulators.ev import EV, EVSpec
-from emulators.meter import MeterReading, MeterServer
+from emulators.meter import (
+    MeterBehaviour,
+    MeterModel,
+    MeterReading,
+    MeterServer,
+    ReadEvent,
+    current_resolution_a,
+)
 from emulators.ocpp16 import Station16
 from emulators.ocpp201 import Station201
 from emulators.station import StationModel
@@ -80,13 +88,36 @@ def resolve_controller(text: str) -> ControllerSpec:
     return ControllerSpec(text, factory=factory)
 
 
-def site_config(scenario: Scenario) -> SiteConfig:
-    """The installer's view of the site, which is all a controller is told."""
+def site_config(scenario: Scenario, meter: MeterEndpoint | None = None) -> SiteConfig:
+    """The installer's view of the site, which is all a controller is told: the limit, the chargers (and their
+    sub-meters), and where the site meter is wired (``meter``: its port is only known once it listens)."""
     return SiteConfig(
         limit_a=scenario.site.limit_a, phases=scenario.site.phases, voltage_v=scenario.site.voltage_v,
-        stations=tuple(StationConfig(s.id, s.max_current_a, s.phases, s.connectors, s.ocpp)
+        stations=tuple(StationConfig(s.id, s.max_current_a, s.phases, s.connectors, s.ocpp, s.meter_unit,
+                                     s.meter_model)
                        for s in scenario.stations),
+        meter=meter, period_s=scenario.controller.period_s, meter_poll_s=scenario.controller.meter_poll_s,
     )
+
+
+def meter_endpoint(scenario: Scenario, port: int) -> MeterEndpoint:
+    """Where the scenario's site meter listens, as an installer would configure it in a product."""
+    m = scenario.site.meter
+    return MeterEndpoint(model=m.model, host=m.host, port=port, serial_port=m.serial, baudrate=m.baudrate,
+                         parity=m.parity, stopbits=m.stopbits, unit_id=m.unit_id)
+
+
+def describe_meter(scenario: Scenario, port: int) -> str:
+    """One line for a person wiring a controller to the bench's meter."""
+    m = scenario.site.meter
+    if m.serial:
+        where = f"Modbus RTU on {m.serial} {m.baudrate} 8{m.parity}{m.stopbits}"
+    else:
+        where = f"Modbus TCP {m.host}:{port}"
+    subs = [f"{s.id} unit {s.meter_unit} ({s.meter_model or m.model})" for s in scenario.stations
+            if s.meter_unit is not None]
+    return (f"site meter: {m.model} on {where} unit {m.unit_id}, refreshed every {m.update_interval_s:g} s"
+            + (f"; sub-meters: {', '.join(subs)}" if subs else ""))
 
 
 def _meta(scenario: Scenario, controller: str, seed: int, duration_s: float) -> dict:
@@ -117,6 +148,7 @@ class _Run:
         self.scenario = scenario
         self.controller = controller
         self.recorder = recorder
+        self.seed = seed
         self.rng = random.Random(seed)
         self.duration_s = duration_s
         self.announce = announce
@@ -128,6 +160,9 @@ class _Run:
         self.plugged: dict[str, tuple[Any, EV]] = {}  # vehicle id → (scenario vehicle, its EV)
         self.needs_later: dict[str, Any] = {}  # vehicle id → vehicle_needs event before it arrived
         self.background: set[asyncio.Task] = set()
+        self.meter_models: dict[int, MeterModel] = {}  # unit id → what that meter shows of the truth
+        self.sub_meter_units: dict[str, int] = {s.id: s.meter_unit for s in scenario.stations
+                                                if s.meter_unit is not None}
         self.limit_a = scenario.site.limit_a
         self.building_override_a: float | None = None
 
@@ -145,18 +180,17 @@ class _Run:
         loop = asyncio.get_running_loop()
         self.clock = SimClock(loop, sc.clock.start.timestamp())
         try:
-            meter_cfg = sc.site.meter
-            self.meter = MeterServer(host=meter_cfg.host, port=meter_cfg.port, device_id=meter_cfg.unit_id)
-            await self.meter.start()
+            await self._start_meter()
+            assert self.meter is not None
+            endpoint = meter_endpoint(sc, self.meter.port)
+            self.announce(describe_meter(sc, self.meter.port))
             if self.controller.external:
                 url = self.controller.url
-                self.announce(f"site meter: Modbus TCP {meter_cfg.host}:{self.meter.port} unit {meter_cfg.unit_id} "
-                              f"(SDM630 map); stations connect to {url}/<station id>")
+                self.announce(f"stations connect to {url}/<station id>")
             else:
                 assert self.controller.factory is not None
-                instance = self.controller.factory(site_config(sc))
-                self.host = ControllerHost(instance, meter=(meter_cfg.host, self.meter.port, meter_cfg.unit_id),
-                                           now=self.clock.epoch)
+                instance = self.controller.factory(site_config(sc, endpoint))
+                self.host = ControllerHost(instance, meter=endpoint, now=self.clock.epoch)
                 url = await self.host.start()
             for station in sc.stations:
                 self._add_station(station, url)
@@ -166,6 +200,34 @@ class _Run:
             raise
         finally:
             await self._shutdown()
+
+    async def _start_meter(self) -> None:
+        """The site meter and the stations' sub-meters: one Modbus server (a bus, or a gateway on TCP)."""
+        m = self.scenario.site.meter
+        subs = {s.meter_unit: s.meter_model or m.model for s in self.scenario.stations if s.meter_unit is not None}
+        self.meter = MeterServer(m.model, host=m.host, port=m.port, device_id=m.unit_id, serial_port=m.serial,
+                                 baudrate=m.baudrate, parity=m.parity, stopbits=m.stopbits, sub_meters=subs,
+                                 on_read=self._meter_read, seed=self.seed)
+        site = MeterBehaviour(m.update_interval_s, m.delay_s, m.noise, m.ct_ratio)
+        # Sub-meters sit on the station's own cables: no CT, otherwise the same kind of device.
+        direct = MeterBehaviour(m.update_interval_s, m.delay_s, m.noise, None)
+        for unit, model in {m.unit_id: m.model, **subs}.items():
+            self.meter_models[unit] = MeterModel(site if unit == m.unit_id else direct, seed=self.seed + unit,
+                                                 current_resolution_a=current_resolution_a(load_register_map(model)))
+        self.recorder.event(0.0, "meter_config", None, {
+            "model": m.model, "update_interval_s": m.update_interval_s, "delay_s": m.delay_s, "noise": m.noise,
+            "ct_ratio": m.ct_ratio, "transport": f"rtu {m.serial}" if m.serial else "tcp", "unit": m.unit_id,
+            "sub_meters": {str(u): model for u, model in subs.items()}})
+        await self.meter.start()
+
+    def _meter_read(self, read: ReadEvent) -> None:
+        """Every request the meter got: the trace shows when the controller read stale or no data."""
+        age_s = None
+        if read.values_at is not None:
+            # values_at is event-loop time; what was served was measured delay_s before it was published.
+            age_s = asyncio.get_running_loop().time() - read.values_at + self.scenario.site.meter.delay_s
+        self.recorder.meter_read(self._now(), read.unit, read.function_code, read.address, read.count,
+                                 read.outcome, age_s)
 
     def _add_station(self, station: Any, url: str) -> None:
         assert self.clock is not None
@@ -201,7 +263,10 @@ class _Run:
         station_limits: dict[str, float | None] = {}
         rotations = {s.id: s.rotation for s in sc.stations}
         start_epoch = clock.start_epoch
-        next_meter_s = 0.0
+        site_unit = sc.site.meter.unit_id
+        site_meter = self.meter_models[site_unit]
+        sub_meters = [(sid, unit, self.meter_models[unit]) for sid, unit in self.sub_meter_units.items()]
+        station_currents: dict[str, tuple[float, float, float]] = {}
         next_flush_s = _FLUSH_EVERY_S
         steps = int(round(self.duration_s / step_s))
         for k in range(steps):
@@ -222,6 +287,7 @@ class _Run:
             phase_sums = []
             for sid, model in self.models.items():
                 currents = model.step(epoch, t, step_s, supplied)
+                station_currents[sid] = currents
                 if sid not in station_limits or model.station_limit_a != station_limits[sid]:
                     # MAX-PROFILE-SUM judges each station's draw against this station-wide bound.
                     station_limits[sid] = model.station_limit_a
@@ -246,12 +312,22 @@ class _Run:
                                                     "reason": site.breaker.trip_reason,
                                                     "rating_a": sc.site.breaker.rating_a})
                 rec.flush()
-            if t >= next_meter_s:
-                next_meter_s = t + sc.site.meter.update_interval_s
-                i1, i2, i3 = sample.currents_a
-                await self.meter.update(MeterReading(
-                    voltages_v=(voltage_v,) * 3 if sample.closed else (0.0, 0.0, 0.0), currents_a=(i1, i2, i3),
-                    power_w=(voltage_v * i1, voltage_v * i2, voltage_v * i3), import_kwh=site.energy_import_kwh))
+            # The meters see the truth through their own behaviour (refresh interval, delay, noise, CT).
+            volts = (voltage_v,) * 3 if sample.closed else (0.0, 0.0, 0.0)
+            i1, i2, i3 = sample.currents_a
+            shown = site_meter.observe(t, MeterReading(
+                voltages_v=volts, currents_a=(i1, i2, i3),
+                power_w=(voltage_v * i1, voltage_v * i2, voltage_v * i3), import_kwh=site.energy_import_kwh))
+            if shown is not None:
+                await self.meter.update(shown, site_unit)
+            for sid, unit, meter_model in sub_meters:
+                i1, i2, i3 = station_currents[sid]
+                shown = meter_model.observe(t, MeterReading(
+                    voltages_v=volts, currents_a=(i1, i2, i3),
+                    power_w=(voltage_v * i1, voltage_v * i2, voltage_v * i3),
+                    import_kwh=sum(port.meter_wh for port in self.models[sid].ports.values()) / 1000.0))
+                if shown is not None:
+                    await self.meter.update(shown, unit)
             if t >= next_flush_s:
                 next_flush_s = t + _FLUSH_EVERY_S
                 rec.flush()
@@ -309,6 +385,13 @@ class _Run:
             return
         elif event.kind == "vehicle_needs":
             self._change_needs(event, t)
+            return
+        elif event.kind in ("meter_fault", "meter_restored"):
+            assert self.meter is not None
+            unit = self.sub_meter_units[event.station] if event.station else self.scenario.site.meter.unit_id
+            self.meter.set_fault(event.fault if event.kind == "meter_fault" else None, unit)
+            detail = {"unit": unit, **({"fault": event.fault} if event.kind == "meter_fault" else {})}
+            self.recorder.event(t, event.kind, event.station, detail)
             return
         self.recorder.event(t, event.kind, None, {"value_a": event.value_a})
 

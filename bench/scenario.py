@@ -49,6 +49,8 @@ from pydantic import (
     model_validator,
 )
 
+from controllers.register_map import meter_models
+
 __all__ = [
     "Breaker",
     "Checks",
@@ -302,14 +304,35 @@ class Breaker(_Model):
     curve: Literal["B", "C", "D"] = "C"
 
 
-class MeterConfig(_Model):
-    """The site meter a load manager reads over Modbus TCP. Binds 127.0.0.1 unless told otherwise."""
+def _meter_model(value: Any) -> Any:
+    """A register map bundled under fixtures/meters/ (by name) or a map file (by path)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a meter model name (got {_got(value)})")
+    if value not in meter_models() and not Path(value).is_file():
+        raise ValueError(f"unknown meter model {value!r}; expected one of {', '.join(meter_models())} "
+                         "or the path of a register-map file")
+    return value
 
-    model: Literal["sdm630"] = "sdm630"
+
+MeterModelName = Annotated[str, BeforeValidator(_meter_model)]
+
+
+class MeterConfig(_Model):
+    """The site meter a load manager reads: a real device's register map over Modbus TCP (127.0.0.1 unless told
+    otherwise) or Modbus RTU on a serial port, and how the device behaves."""
+
+    model: MeterModelName = "sdm630"  # fixtures/meters/<model>.toml
     host: str = "127.0.0.1"
     port: Whole = Field(0, ge=0, le=65535)  # 0 = an ephemeral port chosen at start
+    serial: str | None = None  # a serial device (RTU) instead of TCP, e.g. "/dev/ttyUSB0"
+    baudrate: Whole = Field(9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
     unit_id: Whole = Field(1, ge=1, le=247)  # Modbus slave address range
-    update_interval_s: PositiveSeconds = Field(1.0, validation_alias="update_interval")  # [s]
+    update_interval_s: PositiveSeconds = Field(1.0, validation_alias="update_interval")  # [s] register refresh
+    delay_s: Seconds = Field(0.0, validation_alias="delay")  # [s] a refresh shows the site as it was this long ago
+    noise: Number = Field(0.0, ge=0, le=0.1)  # relative 1-sigma noise on V, A, W
+    ct_ratio: Number | None = Field(None, gt=0)  # current transformer ratio, e.g. 40 for 200/5 A
 
 
 def _building_load(value: Any) -> Any:
@@ -380,6 +403,10 @@ class Station(_Model):
     meter_value_interval_s: Seconds = Field(60.0, validation_alias="meter_value_interval")
     # [s] HeartbeatInterval until the CSMS says otherwise, 0 = off
     heartbeat_interval_s: Seconds = Field(300.0, validation_alias="heartbeat_interval")
+    # a sub-meter of this station on the site meter's bus/gateway: its Modbus unit id, and its model (default: the
+    # site meter's); a controller may read it instead of the station's OCPP meter values
+    meter_unit: Whole | None = Field(None, ge=1, le=247)
+    meter_model: MeterModelName | None = None
 
 
 class Vehicle(_Model):
@@ -433,12 +460,16 @@ class Event(_Model):
     - ``external_limit``: the site's local energy manager sets ``station``'s
       ChargingStationExternalConstraints to ``value_a`` (OCPP 2.0.1 stations only; K12);
     - ``vehicle_needs``: the driver of ``vehicle`` changes its ``departure`` and/or ``target_soc``
-      (an ISO 15118 EV renegotiates; K15–K17).
+      (an ISO 15118 EV renegotiates; K15–K17);
+    - ``meter_fault``: the site meter (or ``station``'s sub-meter) goes ``fault`` — unreachable, frozen,
+      garbage, word_order (served with its words swapped) or slow (answers too late) — until a
+      ``meter_restored`` event for the same meter.
     """
 
     at_s: Moment = Field(validation_alias="at")  # [s] since clock.start
-    kind: Literal["site_limit", "building_load", "external_limit", "vehicle_needs"]
+    kind: Literal["site_limit", "building_load", "external_limit", "vehicle_needs", "meter_fault", "meter_restored"]
     value_a: Number | None = Field(None, ge=0)
+    fault: Literal["unreachable", "frozen", "garbage", "word_order", "slow"] | None = None
     station: str | None = None
     vehicle: str | None = None
     departure_s: Moment | None = Field(None, validation_alias="departure")  # [s] since clock.start
@@ -447,7 +478,8 @@ class Event(_Model):
     @model_validator(mode="after")
     def _fields_of_kind(self) -> Event:
         wanted = {"site_limit": ("value_a",), "building_load": ("value_a",),
-                  "external_limit": ("value_a", "station"), "vehicle_needs": ("vehicle",)}[self.kind]
+                  "external_limit": ("value_a", "station"), "vehicle_needs": ("vehicle",),
+                  "meter_fault": ("fault",), "meter_restored": ()}[self.kind]
         for name in wanted:
             if getattr(self, name) is None:
                 raise _Located((name,), f"required for kind = {self.kind!r}")
@@ -473,6 +505,20 @@ class Checks(_Model):
     profile_retry_window_s: Seconds = Field(60.0, validation_alias="profile_retry_window")
     # [s] NEEDS-ANSWERED: a TxProfile must follow NotifyEVChargingNeeds this soon (the OCTT waits 60 s, TC_K_53)
     needs_answer_s: Seconds = Field(60.0, validation_alias="needs_answer")
+    # OSCILLATION: a connector's applied limit may change this often within any rolling hour (one a minute on
+    # average; on the bundled scenarios a non-flapping equal_share peaks at 23-34, a limit flapping every 10-20 s
+    # at 240)
+    max_limit_changes_per_hour: Whole = Field(60, ge=1)
+    # [A] OSCILLATION: a change counts once the limit has moved this far from where it last counted
+    oscillation_min_step_a: Number = Field(1.0, ge=0)
+
+
+class ControllerSettings(_Model):
+    """The installer's timing settings of the controller, as products expose them; absent = the controller's own
+    defaults. A controller acting faster than its meter refreshes is the classic way to make limits oscillate."""
+
+    period_s: PositiveSeconds | None = Field(None, validation_alias="period")  # [s] between allocations
+    meter_poll_s: PositiveSeconds | None = Field(None, validation_alias="meter_poll")  # [s] between meter reads
 
 
 class Scenario(_Model):
@@ -490,6 +536,7 @@ class Scenario(_Model):
     vehicles: list[Vehicle] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list)
     checks: Checks = Field(default_factory=Checks)
+    controller: ControllerSettings = Field(default_factory=ControllerSettings)
     seed: Whole = 0
     source: Path | None = Field(None, exclude=True, repr=False)
 
@@ -526,6 +573,12 @@ class Scenario(_Model):
             by_id[station.id] = (i, station)
             if station.phases == 3 and self.site.phases == 1:
                 raise _Located(("stations", i, "phases"), "a 3-phase station on a 1-phase site")
+            if station.meter_unit is not None:
+                taken = {self.site.meter.unit_id: "the site meter"}
+                taken.update({s.meter_unit: s.id for s in self.stations[:i] if s.meter_unit is not None})
+                if station.meter_unit in taken:
+                    raise _Located(("stations", i, "meter_unit"),
+                                   f"unit {station.meter_unit} is already {taken[station.meter_unit]}'s")
 
         end, start = self.clock.duration_s, self.clock.start
         seen: dict[str, int] = {}
@@ -589,6 +642,14 @@ class Scenario(_Model):
                     raise _Located(("events", i, "station"),
                                    f"{event.station} speaks OCPP {by_id[event.station][1].ocpp}; external "
                                    "constraints exist in OCPP 2.0.1 only")
+            if event.kind in ("meter_fault", "meter_restored") and event.station is not None:
+                if event.station not in by_id:
+                    raise _Located(("events", i, "station"),
+                                   f"unknown station {event.station!r} (stations are {_id_list(by_id)})")
+                if by_id[event.station][1].meter_unit is None:
+                    raise _Located(("events", i, "station"),
+                                   f"{event.station} has no sub-meter (set meter_unit on the station); leave station "
+                                   "out for the site meter")
             if event.kind == "vehicle_needs":
                 if event.vehicle not in seen:
                     raise _Located(("events", i, "vehicle"), f"unknown vehicle {event.vehicle!r}")

@@ -88,7 +88,8 @@ def uncontrolled_peak_a(scenario: Scenario) -> float:
 
 
 def test_bundled_names():
-    assert bundled_scenarios() == ["depot-iso15118", "panel-200a", "small-office", "workplace"]
+    assert bundled_scenarios() == ["depot-iso15118", "meter-faults", "panel-200a", "slow-meter", "small-office",
+                                   "workplace"]
 
 
 @pytest.mark.parametrize("name", ["panel-200a", "small-office", "workplace"])  # depot: see below
@@ -139,6 +140,53 @@ def test_depot_is_iso15118_on_ocpp201_and_not_every_need_can_be_met():
     assert [(ev.id, ev.min_soc) for ev in bidirectional] == [("VAN04", 0.3)]
 
 
+def test_meter_model_transport_behaviour_and_sub_meters(tmp_path):
+    text = TINY.replace('{ id = "CP02", max_current_a = 32', '{ id = "CP02", meter_unit = 12, meter_model = "b23", '
+                        'max_current_a = 32')
+    text += """
+[site.meter]
+model = "em24"
+serial = "/dev/ttyUSB0"
+baudrate = 19200
+parity = "E"
+unit_id = 3
+update_interval = "10s"
+delay = "2s"
+noise = 0.005
+ct_ratio = 40
+"""
+    text = text.replace("[clock]", 'events = [{ at = "09:00", kind = "meter_fault", fault = "slow" },\n'
+                                   '          { at = "09:10", kind = "meter_restored" },\n'
+                                   '          { at = "09:20", kind = "meter_fault", fault = "frozen", station = "CP02" }]\n'
+                                   "[clock]")
+    s = load_scenario(write(tmp_path, text))
+    m = s.site.meter
+    assert (m.model, m.serial, m.baudrate, m.parity, m.unit_id) == ("em24", "/dev/ttyUSB0", 19200, "E", 3)
+    assert (m.update_interval_s, m.delay_s, m.noise, m.ct_ratio) == (10.0, 2.0, 0.005, 40.0)
+    assert (s.stations[1].meter_unit, s.stations[1].meter_model) == (12, "b23")
+    assert [(e.kind, e.fault, e.station) for e in s.events] == [
+        ("meter_fault", "slow", None), ("meter_restored", None, None), ("meter_fault", "frozen", "CP02")]
+    # A register-map file of one's own works by path.
+    own = tmp_path / "my-meter.toml"
+    own.write_text((Path(__file__).parents[1] / "fixtures" / "meters" / "sdm630.toml").read_text())
+    s = load_scenario(write(tmp_path, TINY + f'\n[site.meter]\nmodel = "{own}"\n'))
+    assert s.site.meter.model == str(own)
+
+
+def test_meter_scenarios_are_the_workplace_with_a_slow_or_failing_meter():
+    workplace = load_scenario(find_scenario("workplace"))
+    slow = load_scenario(find_scenario("slow-meter"))
+    assert slow.stations == workplace.stations and slow.vehicles == workplace.vehicles
+    assert (slow.site.meter.update_interval_s, slow.site.meter.delay_s) == (10.0, 2.0)
+    assert (slow.controller.period_s, slow.controller.meter_poll_s) == (1.0, 1.0)
+    assert workplace.controller.period_s is None  # the controller's own default
+    faults = load_scenario(find_scenario("meter-faults"))
+    assert faults.stations == workplace.stations
+    kinds = [(e.kind, e.fault) for e in faults.events]
+    assert [f for k, f in kinds if k == "meter_fault"] == ["frozen", "unreachable", "garbage", "word_order", "slow"]
+    assert [k for k, _ in kinds] == ["meter_fault", "meter_restored"] * 5
+
+
 def test_panel_trips_uncontrolled_and_small_office_does_not():
     panel = load_scenario(find_scenario("panel-200a.toml"))
     assert (len(panel.stations), panel.site.breaker.rating_a, panel.site.limit_a) == (20, 200, 180)
@@ -163,7 +211,7 @@ def test_find_scenario_unknown_lists_bundled():
     with pytest.raises(ScenarioError) as caught:
         find_scenario("warehouse")
     assert str(caught.value).startswith("warehouse: ")
-    assert "panel-200a, small-office, workplace" in str(caught.value)
+    assert "depot-iso15118, meter-faults, panel-200a, slow-meter, small-office, workplace" in str(caught.value)
 
 
 # --------------------------------------------------------------------------- a good small file
@@ -317,6 +365,31 @@ BAD = [
         ("max_current_a = 16, phases = 1", "max_current_a = 16, phases = 1, min_soc = 1.2"),
         "vehicles[1].min_soc:",
         id="bad-min-soc",
+    ),
+    pytest.param(
+        ("rating_a = 100", 'rating_a = 100\n\n[site.meter]\nmodel = "sdm999"'),
+        "site.meter.model: unknown meter model 'sdm999'; expected one of b23, em24, sdm630",
+        id="unknown-meter-model",
+    ),
+    pytest.param(
+        ('{ id = "CP02", max_current_a = 32', '{ id = "CP02", meter_unit = 1, max_current_a = 32'),
+        "stations[1].meter_unit: unit 1 is already the site meter's",
+        id="sub-meter-on-the-site-meter-unit",
+    ),
+    pytest.param(
+        ('[clock]', 'events = [{ at = "09:00", kind = "meter_fault", fault = "molten" }]\n[clock]'),
+        "events[0].fault: expected 'unreachable', 'frozen', 'garbage', 'word_order' or 'slow' (got 'molten')",
+        id="unknown-meter-fault",
+    ),
+    pytest.param(
+        ('[clock]', 'events = [{ at = "09:00", kind = "meter_fault" }]\n[clock]'),
+        "events[0].fault: required for kind = 'meter_fault'",
+        id="meter-fault-without-fault",
+    ),
+    pytest.param(
+        ('[clock]', 'events = [{ at = "09:00", kind = "meter_fault", fault = "frozen", station = "CP01" }]\n[clock]'),
+        "events[0].station: CP01 has no sub-meter (set meter_unit on the station)",
+        id="fault-of-a-missing-sub-meter",
     ),
 ]
 
