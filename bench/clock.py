@@ -20,12 +20,14 @@ to do.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import selectors
+import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
-
 
 
 class _VirtualSelector:
@@ -70,29 +72,74 @@ class _VirtualSelector:
 
 
 class SimLoop(asyncio.SelectorEventLoop):
-    """An event loop whose ``time()`` is simulated time (see the module docstring)."""
+    """An event loop whose ``time()`` is simulated time (see the module docstring).
+
+    In scaled and wall mode the pace can change while the loop runs (:meth:`set_speed`,
+    :meth:`pause`, :meth:`resume`, callable from any thread): simulated time stays continuous
+    across a change, and while paused it stands still, so no timer fires; the loop then sleeps
+    until I/O or ``call_soon_threadsafe`` wakes it. Virtual mode has no pace to change.
+    """
 
     def __init__(self, speed: float | None = None) -> None:
-        self.speed = speed
         self._executor_jobs = 0
         self._virtual_now = 0.0
+        self._pace_lock = threading.Lock()
         if speed is None:
+            self._pace: _Pace | None = None
             selector = selectors.DefaultSelector()
             super().__init__(_VirtualSelector(selector, self))  # type: ignore[arg-type]
         else:
-            if speed <= 0:
-                raise ValueError(f"speed: expected a positive factor (got {speed})")
             super().__init__()
-            self._wall_origin = time.monotonic()
-            if speed != 1:
-                self._selector = _ScaledSelector(self._selector, speed)
+            try:
+                _check_speed(speed)
+            except ValueError:
+                self.close()
+                raise
+            now = time.monotonic()
+            # Sim time starts at the monotonic clock's reading, so wall mode's time() is time.monotonic().
+            self._pace = _Pace(now, now, float(speed), False)
+            self._selector = _PacedSelector(self._selector, self)
+
+    @property
+    def speed(self) -> float | None:
+        """Simulated seconds per wall second; None in virtual mode."""
+        return None if self._pace is None else self._pace.speed
+
+    @property
+    def paused(self) -> bool:
+        return self._pace is not None and self._pace.paused
 
     def time(self) -> float:
-        if self.speed is None:
+        pace = self._pace
+        if pace is None:
             return self._virtual_now
-        if self.speed == 1:
-            return time.monotonic()
-        return self._wall_origin + (time.monotonic() - self._wall_origin) * self.speed
+        if pace.paused:
+            return pace.sim_origin
+        return pace.sim_origin + (time.monotonic() - pace.wall_origin) * pace.speed
+
+    def set_speed(self, speed: float) -> None:
+        """Run ``speed`` simulated seconds per wall second from now on; thread-safe."""
+        _check_speed(speed)
+        self._repace(speed=float(speed))
+
+    def pause(self) -> None:
+        """Stop simulated time (timers wait) until :meth:`resume`; thread-safe."""
+        self._repace(paused=True)
+
+    def resume(self) -> None:
+        self._repace(paused=False)
+
+    def _repace(self, speed: float | None = None, paused: bool | None = None) -> None:
+        if self._pace is None:
+            raise RuntimeError("a virtual-time SimLoop runs as fast as it can: it has no speed to change or pause")
+        with self._pace_lock:
+            old = self._pace
+            # One immutable pace, swapped in whole: time() on the loop thread never sees half a change.
+            self._pace = _Pace(self.time(), time.monotonic(), old.speed if speed is None else speed,
+                               old.paused if paused is None else paused)
+        if not self.is_closed():
+            # The loop may be sleeping for a timeout computed at the old pace: wake it to recompute.
+            self.call_soon_threadsafe(_nothing)
 
     def run_in_executor(self, executor: Any, func: Callable, *args: Any) -> asyncio.Future:
         future = super().run_in_executor(executor, func, *args)
@@ -105,15 +152,40 @@ class SimLoop(asyncio.SelectorEventLoop):
         return future
 
 
-class _ScaledSelector:
-    """Real waiting, shortened by the speed factor."""
+@dataclass(frozen=True)
+class _Pace:
+    """Scaled/wall time: at wall ``wall_origin`` the simulation was at ``sim_origin``."""
 
-    def __init__(self, selector: selectors.BaseSelector, speed: float) -> None:
+    sim_origin: float
+    wall_origin: float
+    speed: float
+    paused: bool
+
+
+def _check_speed(speed: float) -> None:
+    if not (isinstance(speed, (int, float)) and math.isfinite(speed) and speed > 0):
+        raise ValueError(f"speed: expected a positive factor (got {speed})")
+
+
+def _nothing() -> None:
+    pass
+
+
+class _PacedSelector:
+    """Real waiting, shortened by the speed factor; while paused, waiting for I/O only."""
+
+    def __init__(self, selector: selectors.BaseSelector, loop: SimLoop) -> None:
         self._selector = selector
-        self._speed = speed
+        self._loop = loop
 
     def select(self, timeout: float | None = None) -> list:
-        return self._selector.select(None if timeout is None else timeout / self._speed)
+        pace = self._loop._pace
+        assert pace is not None
+        if timeout is None or timeout == 0:
+            return self._selector.select(timeout)
+        if pace.paused:
+            return self._selector.select(None)
+        return self._selector.select(timeout / pace.speed)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._selector, name)
@@ -152,9 +224,10 @@ def iso_z(epoch: float) -> str:
     return text.replace("+00:00", "Z")
 
 
-def run(main: Callable[[], Any], speed: float | None = None) -> Any:
-    """Run coroutine function ``main`` to completion on a fresh :class:`SimLoop`."""
-    loop = SimLoop(speed)
+def run(main: Callable[[], Any], speed: float | None = None, loop: SimLoop | None = None) -> Any:
+    """Run coroutine function ``main`` to completion on ``loop`` or a fresh :class:`SimLoop` at ``speed``;
+    the loop is closed afterwards."""
+    loop = SimLoop(speed) if loop is None else loop
     try:
         asyncio.set_event_loop(loop)
         return loop.run_until_complete(main())

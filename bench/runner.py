@@ -7,6 +7,11 @@ every ``clock.step`` simulated seconds: vehicles arrive and leave, stations offe
 their profile engines, EVs draw, the site sums phases and the breaker heats. Every sample and
 every OCPP frame goes to the recorder as it happens; the verdict is computed from the trace
 afterwards (:func:`bench.report.judge`). Whatever goes wrong, the trace is closed and kept.
+
+A run can also be driven live (:mod:`bench.live`): a :class:`StepObserver` sees every physics step,
+and the ``live_*`` methods are what a person at the bench can do mid-run — plug or unplug a car, cut or
+restore the stations' link to the controller, fail or restore the site meter, change the site limit, stop.
+They run on the run's own loop and record in the trace what they did, as scenario events do.
 """
 
 from __future__ import annotations
@@ -18,14 +23,21 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from bench import clock as bench_clock
 from bench.clock import SimClock
 from bench.recorder import Recorder
 from bench.report import RunResult, judge
-from bench.scenario import Scenario, ScenarioError, find_scenario, load_scenario
-from bench.site import Breaker, Site, station_to_site
+from bench.scenario import (
+    Event,
+    Scenario,
+    ScenarioError,
+    Vehicle,
+    find_scenario,
+    load_scenario,
+)
+from bench.site import Breaker, Site, SiteSample, station_to_site
 from controllers.api import Controller, MeterEndpoint, SiteConfig, StationConfig
 from controllers.host import ControllerHost
 from controllers.register_map import load_register_map
@@ -49,6 +61,18 @@ _FLUSH_EVERY_S = 60.0
 
 class ControllerError(ValueError):
     """The controller named on the command line cannot be found or built."""
+
+
+class CommandRefused(ValueError):
+    """A live command that does not fit the run as it is (no such station, no car to unplug, ...)."""
+
+
+class StepObserver(Protocol):
+    """Watches a live run from its loop: once when the physics starts, then after every step."""
+
+    def started(self, run: "_Run") -> None: ...
+
+    def stepped(self, t: float, site: Site, sample: SiteSample, building_a: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -165,6 +189,13 @@ class _Run:
                                                 if s.meter_unit is not None}
         self.limit_a = scenario.site.limit_a
         self.building_override_a: float | None = None
+        self.observer: StepObserver | None = None
+        self.arrivals: list[Any] = sorted(scenario.vehicles, key=lambda v: (v.arrival_s, v.id))
+        self.departures: list[Any] = sorted(scenario.vehicles, key=lambda v: (v.departure_s, v.id))
+        self.stop_requested = False
+        self.link_up = True
+        self.meter_fault: str | None = None
+        self._live_cars = 0
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
@@ -255,8 +286,7 @@ class _Run:
         step_s = sc.clock.step_s
         voltage_v = sc.site.voltage_v
         site = Site(voltage_v, Breaker(sc.site.breaker.rating_a, sc.site.breaker.curve))
-        arrivals = sorted(sc.vehicles, key=lambda v: (v.arrival_s, v.id))
-        departures = sorted(sc.vehicles, key=lambda v: (v.departure_s, v.id))
+        arrivals, departures = self.arrivals, self.departures
         events = list(sc.events)
         plugged = self.plugged
         full: set[str] = set()
@@ -269,15 +299,24 @@ class _Run:
         station_currents: dict[str, tuple[float, float, float]] = {}
         next_flush_s = _FLUSH_EVERY_S
         steps = int(round(self.duration_s / step_s))
+        observer = self.observer
+        if observer is not None:
+            observer.started(self)
+        end_s = self.duration_s
         for k in range(steps):
             t = k * step_s
             await clock.sleep_until(t)
+            if self.stop_requested:
+                end_s = t
+                rec.event(t, "run_interrupted", None, {"reason": "stopped"})
+                break
             while events and events[0].at_s <= t:
                 self._apply_event(events.pop(0), t)
             while departures and departures[0].departure_s <= t:
                 vehicle = departures.pop(0)
                 if vehicle.id in plugged:
-                    self._depart(vehicle, plugged.pop(vehicle.id)[1], t)
+                    # The plugged entry, not the schedule's: a car plugged in early (live) arrived then.
+                    self._depart(*plugged.pop(vehicle.id), t)
             while arrivals and arrivals[0].arrival_s <= t:
                 vehicle = arrivals.pop(0)
                 if vehicle.departure_s > t:
@@ -331,9 +370,12 @@ class _Run:
             if t >= next_flush_s:
                 next_flush_s = t + _FLUSH_EVERY_S
                 rec.flush()
-        await clock.sleep_until(steps * step_s)
+            if observer is not None:
+                observer.stepped(t, site, sample, building_a)
+        else:
+            await clock.sleep_until(steps * step_s)
         for vehicle, ev in plugged.values():
-            self._record_vehicle(vehicle, ev, min(vehicle.departure_s, self.duration_s))
+            self._record_vehicle(vehicle, ev, min(vehicle.departure_s, end_s))
 
     def _arrive(self, vehicle: Any, t: float) -> EV:
         station = self.scenario.station(vehicle.station)
@@ -409,6 +451,86 @@ class _Run:
                 self._spawn(station.renegotiate(vehicle.connector))
         station_id = next(v.station for v in self.scenario.vehicles if v.id == event.vehicle)
         self.recorder.event(t, "vehicle_needs", station_id, detail)
+
+    # -- live commands (on the run's loop, while the physics runs) ------------------------------------------------
+
+    def live_plug(self, station_id: str, connector: int) -> str:
+        """A car arrives now: the connector's next scheduled vehicle if it is not yet due, else a default car
+        (60 kWh, 20 → 80 %, 32 A, 3-phase) that stays to the end of the run. Returns the vehicle id."""
+        self._connector(station_id, connector)
+        if self.models[station_id].ports[connector].ev is not None:
+            raise CommandRefused(f"{station_id} connector {connector} already has a car")
+        t = self._now()
+        scheduled = next((v for v in self.arrivals if v.station == station_id and v.connector == connector), None)
+        if scheduled is not None and scheduled.departure_s > t:
+            self.arrivals.remove(scheduled)
+            vehicle = scheduled.model_copy(update={"arrival_s": t})
+        else:
+            self._live_cars += 1
+            vehicle = Vehicle.model_validate({
+                "id": f"LIVE{self._live_cars:02d}", "station": station_id, "connector": connector, "arrival": t,
+                "departure": max(self.duration_s, t + 1.0), "battery_kwh": 60, "initial_soc": 0.2,
+                "target_soc": 0.8, "max_current_a": 32, "phases": 3})
+        self.plugged[vehicle.id] = (vehicle, self._arrive(vehicle, t))
+        return vehicle.id
+
+    def live_unplug(self, station_id: str, connector: int) -> str:
+        """The car on the connector leaves now. Returns its vehicle id."""
+        self._connector(station_id, connector)
+        ev_id = self.models[station_id].ports[connector].ev_id
+        if ev_id is None or ev_id not in self.plugged:
+            raise CommandRefused(f"{station_id} connector {connector} has no car")
+        self._depart(*self.plugged.pop(ev_id), self._now())
+        return ev_id
+
+    def live_drop_link(self) -> None:
+        """Every station loses its connection to the controller and stays offline until :meth:`live_restore_link`."""
+        if not self.link_up:
+            raise CommandRefused("the controller link is already down")
+        self.link_up = False
+        self.recorder.event(self._now(), "controller_link_lost", None, {})
+        for station in self.stations.values():
+            self._spawn(station.disconnect())
+
+    def live_restore_link(self) -> None:
+        if self.link_up:
+            raise CommandRefused("the controller link is up")
+        self.link_up = True
+        self.recorder.event(self._now(), "controller_link_restored", None, {})
+        for station in self.stations.values():
+            station.reconnect()
+
+    def live_fail_meter(self, fault: str) -> None:
+        """The site meter goes ``fault``, as a scenario ``meter_fault`` event would make it."""
+        self._apply_event(self._live_event(kind="meter_fault", fault=fault), self._now())
+        self.meter_fault = fault
+
+    def live_restore_meter(self) -> None:
+        if self.meter_fault is None:
+            raise CommandRefused("the site meter has no fault")
+        self._apply_event(self._live_event(kind="meter_restored"), self._now())
+        self.meter_fault = None
+
+    def live_set_site_limit(self, limit_a: float) -> None:
+        """A grid signal: the site limit becomes ``limit_a``, as a scenario ``site_limit`` event sets it."""
+        self._apply_event(self._live_event(kind="site_limit", value_a=limit_a), self._now())
+
+    def live_stop(self) -> None:
+        """End the run at the next physics step, as if its duration were up (``run_interrupted`` says it was not)."""
+        self.stop_requested = True
+
+    def _live_event(self, **fields: Any) -> Event:
+        try:
+            return Event.model_validate({"at": self._now(), **fields})
+        except ValueError as error:
+            raise CommandRefused(str(error)) from None
+
+    def _connector(self, station_id: str, connector: int) -> None:
+        model = self.models.get(station_id)
+        if model is None:
+            raise CommandRefused(f"no station {station_id!r}")
+        if connector not in model.ports:
+            raise CommandRefused(f"{station_id} has no connector {connector}")
 
     async def _shutdown(self) -> None:
         for emulator in self.stations.values():

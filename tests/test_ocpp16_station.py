@@ -1047,3 +1047,27 @@ def test_keeps_retrying_while_the_csms_is_down():
                 await asyncio.gather(task, return_exceptions=True)
 
     virtual(main)
+
+
+def test_disconnect_holds_the_station_offline_and_charging_until_reconnect():
+    async def main():
+        async with rig(connectors=1) as r:
+            tx = await plug_and_charge(r, 1)
+            await r.cp.call(call.SetChargingProfile(
+                connector_id=1, cs_charging_profiles=absolute_profile(5, "TxProfile", 10.0, START_EPOCH, tx=tx)))
+            await r.station.disconnect()
+            assert not r.station.online.is_set()
+            await asyncio.sleep(300)  # virtual: well past every backoff
+            assert r.csms.connections == 1  # held down: not one reconnect attempt
+            assert not any(kind == "station_disconnected" for kind, _ in r.reports)
+            # The charger goes on with the profile it has, as a real one does without its CSMS.
+            r.step(5)
+            assert r.model.ports[1].offered_a == 10.0
+            assert r.model.ports[1].transaction_id == tx
+            r.station.reconnect()
+            await asyncio.wait_for(r.station.online.wait(), 5)
+            assert r.csms.connections == 2
+            assert len(r.csms.of("BootNotification")) == 2
+            await still_answers(r)
+
+    virtual(main)
