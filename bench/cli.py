@@ -89,6 +89,47 @@ def report(
 
 
 @app.command()
+def tui(
+    scenario: str = typer.Argument("workplace", help="bundled scenario name or path to a scenario TOML file"),
+    controller: str = typer.Option("equal_share", "--controller", "-c",
+                                   help="controller name, module:Class, or ws://URL of an external CSMS"),
+    speed: Optional[float] = typer.Option(None, "--speed", help="N× real time (default 10; +/- change it live)"),
+    realtime: bool = typer.Option(False, "--realtime", help="run on the wall clock (hardware in the loop)"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the result as JSON here on quit"),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="SQLite trace file (default runs/<scenario>-…db)"),
+    duration: Optional[str] = typer.Option(None, "--duration", help="run only this long, e.g. 2h"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default: the scenario's)"),
+) -> None:
+    """Run a scenario live in a full-screen terminal view: watch currents against the limits, poke the site."""
+    from bench.live import LiveRun
+    from bench.runner import ControllerError
+    from bench.scenario import ScenarioError, parse_duration
+    from bench.tui import EvbenchApp
+
+    if speed is not None and realtime:
+        raise _bad_input("--speed and --realtime: choose one")
+    if speed is not None and speed <= 0:
+        raise _bad_input(f"--speed: expected a positive factor (got {speed:g})")
+    try:
+        duration_s = parse_duration(duration) if duration is not None else None
+    except ValueError as error:
+        raise _bad_input(f"--duration: {error}") from None
+    try:
+        live = LiveRun(scenario, controller, speed=10.0 if speed is None else speed, realtime=realtime, trace=trace,
+                       seed=seed, duration_s=duration_s)
+    except (ScenarioError, ControllerError) as error:
+        raise _bad_input(str(error)) from None
+    live.start()
+    result = EvbenchApp(live).run()
+    if result is None:  # the app died before quitting cleanly: the run still ends and keeps its trace
+        result = live.stop()
+    typer.echo(render_table(result))
+    if json_path is not None:
+        write_json(result, json_path)
+    raise typer.Exit(EXIT_PASS if result.verdict == "pass" else EXIT_FAIL)
+
+
+@app.command()
 def meter(
     scenario: str = typer.Argument("workplace", help="bundled scenario name or path, run live behind the meter"),
     trace: Optional[Path] = typer.Option(None, "--trace", help="replay this recorded run's site instead of "
