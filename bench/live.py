@@ -46,6 +46,7 @@ from emulators.profiles import ChargingProfile
 HISTORY_EVERY_S = 5.0  # [sim s] between points of the site-current history
 HISTORY_SPAN_S = 1800.0  # [sim s] the history reaches back this far
 EVENT_LOG_SIZE = 200
+_FRAME_SHOWN = 160  # characters of an OCPP frame shown in the event log
 BILLING_INTERVAL_S = 900.0  # demand is billed per quarter hour of the clock
 PUBLISH_EVERY_S = 0.02  # [wall s] snapshots between commands: 50/s is more than any screen refreshes
 FLUSH_EVERY_S = 2.0  # [wall s] the trace is flushed at least this often, so the verdict so far is fresh
@@ -149,6 +150,8 @@ class LiveRun:
         self._error: BaseException | None = None
         self._snapshots = _Snapshots(sc, spec.name, self._speed)
         self._judge = _Judge(self.trace_path, self._snapshots)
+        self._show_messages = False
+        self._recorder: _LiveRecorder | None = None
 
     # -- life -------------------------------------------------------------------------------------------------------
 
@@ -222,6 +225,14 @@ class LiveRun:
     def restore_meter(self) -> None:
         self._submit("restore the site meter", lambda run: run.live_restore_meter())
 
+    def show_messages(self, on: bool) -> None:
+        """Log every OCPP frame in ``events`` (kind ``ocpp``) from now on, or stop; off by default: a busy site
+        sends thousands an hour, which would push everything else out of the 200-line log."""
+        self._show_messages = on
+        recorder = self._recorder
+        if recorder is not None:
+            recorder.show_messages = on
+
     def set_site_limit(self, limit_a: float) -> None:
         """A grid signal: the site limit becomes ``limit_a`` [A per phase]."""
         self._submit(f"site limit {limit_a:g} A", lambda run: run.live_set_site_limit(limit_a))
@@ -251,6 +262,8 @@ class LiveRun:
         try:
             recorder = _LiveRecorder(self.trace_path, _meta(self.scenario, self.controller.name, self.seed,
                                                             self.duration_s), snapshots.log)
+            recorder.show_messages = self._show_messages
+            self._recorder = recorder
             run = _Run(self.scenario, self.controller, recorder, self.seed, self.duration_s,
                        lambda line: snapshots.log(0.0, "info", None, line))
             run.observer = snapshots
@@ -303,11 +316,20 @@ def _check_speed(speed: float) -> None:
 
 
 class _LiveRecorder(Recorder):
-    """The trace recorder, also telling the live event log every event it records."""
+    """The trace recorder, also telling the live event log every event it records — and, while
+    ``show_messages`` is on, every OCPP frame (``→`` sent to the station, ``←`` sent by it)."""
 
     def __init__(self, path: Path, meta: dict, on_event: Callable[..., None]) -> None:
         super().__init__(path, meta)
         self._on_event = on_event
+        self.show_messages = False
+
+    def message(self, t: float, station: str, direction: str, raw: str) -> None:
+        super().message(t, station, direction, raw)
+        if self.show_messages:
+            arrow = "→" if direction == "to_station" else "←"
+            text = raw if isinstance(raw, str) else str(raw)
+            self._on_event(t, "ocpp", station, f"{arrow} {text[:_FRAME_SHOWN]}")
 
     def event(self, t: float, kind: str, station: str | None = None, detail: dict | None = None) -> None:
         super().event(t, kind, station, detail)

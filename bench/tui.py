@@ -50,6 +50,7 @@ KEY_HELP = (
     ("m", "fail / restore the site meter (the controller's meter reads go unanswered)"),
     ("s", "change the site limit now, as a grid signal would"),
     ("enter", "open the selected station: its active charging profiles and composite schedule"),
+    ("o", "show / hide every OCPP frame in the event log (→ to the station, ← from it)"),
     ("d", "demand-response event: not available — the bench has no demand-response events yet"),
     ("?", "this help"),
     ("q", "quit: the run ends cleanly, the trace is saved and the verdict printed, as `evbench run` does"),
@@ -196,6 +197,7 @@ class EvbenchApp(App[RunResult | None]):
         Binding("l", "toggle_link", "Link"),
         Binding("m", "toggle_meter", "Meter"),
         Binding("s", "site_limit", "Limit"),
+        Binding("o", "toggle_messages", "OCPP"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
@@ -212,6 +214,7 @@ class EvbenchApp(App[RunResult | None]):
         self.refresh_hz = refresh_hz
         self.state: LiveState | None = None
         self._events_shown: tuple = ()
+        self._messages_on = False
         self._findings_shown = 0
         self._clock_at_zero: datetime | None = None
         self._stopping = False
@@ -329,6 +332,11 @@ class EvbenchApp(App[RunResult | None]):
     def on_station_table_selected(self, event: StationTable.Selected) -> None:
         # The table takes Enter (and a click on the cursor row) for itself; choosing a row opens its detail.
         self.push_screen(StationDetailScreen(self.live, event.station))
+
+    def action_toggle_messages(self) -> None:
+        self._messages_on = not self._messages_on
+        self.live.show_messages(self._messages_on)
+        self.notify("OCPP frames shown in the event log" if self._messages_on else "OCPP frames hidden")
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -189,6 +189,18 @@ def test_meter_fault_and_site_limit_are_recorded_like_scenario_events(start) -> 
     assert [e["detail"]["value_a"] for e in trace.events if e["kind"] == "site_limit"] == [25]
 
 
+def test_ocpp_frames_reach_the_event_log_only_while_asked_for(start) -> None:
+    run = start()
+    until(run, lambda s: s.t_s >= 10, "running")
+    assert not any(e[1] == "ocpp" for e in run.state().events)
+    run.show_messages(True)
+    shown = until(run, lambda s: any(e[1] == "ocpp" for e in s.events), "an OCPP frame in the log")
+    frame = next(e for e in shown.events if e[1] == "ocpp")
+    assert frame[2] in ("CP01", "CP02") and frame[3][:2] in ("→ ", "← ") and "[" in frame[3]
+    run.show_messages(False)
+    run.stop()
+
+
 def test_station_detail_shows_the_failsafe_default_and_the_session_profile(start) -> None:
     run = start()
     until(run, lambda s: s.t_s >= 60 and charging(s, "CP01"), "CP01 charging")

@@ -106,6 +106,9 @@ class FakeLive:
         self.calls.append(("restore_meter",))
         self.publish(meter_fault=None)
 
+    def show_messages(self, on: bool) -> None:
+        self.calls.append(("show_messages", on))
+
     def set_site_limit(self, limit_a: float) -> None:
         self.calls.append(("set_site_limit", limit_a))
         self.publish(limit_a=limit_a)
@@ -299,6 +302,14 @@ async def test_l_and_m_toggle_the_controller_link_and_the_meter() -> None:
         await shown(app, pilot)
         assert "link up" in header_text(app) and "meter ok" in header_text(app)
         assert live.calls == [("drop_link",), ("fail_meter", "unreachable"), ("restore_link",), ("restore_meter",)]
+
+
+async def test_o_toggles_the_ocpp_frames_in_the_event_log() -> None:
+    live = FakeLive()
+    app = EvbenchApp(live)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("o", "o")
+        assert live.calls == [("show_messages", True), ("show_messages", False)]
 
 
 async def test_s_asks_for_a_site_limit_and_refuses_nonsense() -> None:
