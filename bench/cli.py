@@ -229,6 +229,55 @@ def _meter_flag_error(error: Exception) -> str:
 
 
 @app.command()
+def serve(
+    controller: str = typer.Argument(..., help="an in-process controller: a name (see `evbench controllers`) "
+                                               "or module:Class"),
+    scenario: str = typer.Option("workplace", "--scenario", help="the installer's configuration (site limit, "
+                                                                  "chargers) from this scenario"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (loopback unless told)"),
+    port: int = typer.Option(9000, "--port", help="port to listen on"),
+    meter: Optional[str] = typer.Option(None, "--meter", help="HOST:PORT of the site meter (Modbus TCP)"),
+    meter_model: str = typer.Option("sdm630", "--meter-model", help="its register map"),
+    meter_unit: int = typer.Option(1, "--meter-unit", help="its Modbus unit id"),
+    limit: Optional[float] = typer.Option(None, "--limit", help="site limit [A per phase] (default: the "
+                                                                 "scenario's)"),
+) -> None:
+    """Run an in-process controller as a standalone OCPP CSMS: a reference for vendors, a driver for lab chargers."""
+    from bench.runner import ControllerError, resolve_controller
+    from bench.scenario import ScenarioError, find_scenario, load_scenario
+    from bench.serve import serve as serve_controller
+    from controllers.api import MeterEndpoint
+    from controllers.register_map import RegisterMapError, load_register_map
+
+    try:
+        spec = resolve_controller(controller)
+        sc = load_scenario(find_scenario(scenario))
+    except (ScenarioError, ControllerError) as error:
+        raise _bad_input(str(error)) from None
+    if spec.external:
+        raise _bad_input("CONTROLLER: serve runs an in-process controller; a ws:// URL is one already")
+    if limit is not None and not limit > 0:
+        raise _bad_input(f"--limit: expected a positive current in A (got {limit:g})")
+    endpoint = None
+    if meter is not None:
+        meter_host, _, meter_port = meter.rpartition(":")
+        if not meter_host or not meter_port.isdigit():
+            raise _bad_input(f"--meter: expected HOST:PORT (got {meter!r})")
+        try:
+            load_register_map(meter_model)
+        except (RegisterMapError, OSError) as error:
+            raise _bad_input(f"--meter-model: {error}") from None
+        endpoint = MeterEndpoint(model=meter_model, host=meter_host, port=int(meter_port), unit_id=meter_unit)
+    try:
+        serve_controller(spec, sc, host=host, port=port, meter=endpoint, limit_a=limit,
+                         announce=lambda line: typer.echo(line, err=True))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    except OSError as error:
+        raise _bad_input(f"--port: cannot listen on {host}:{port} ({error.strerror or error})") from None
+
+
+@app.command()
 def scenarios() -> None:
     """List the bundled scenarios."""
     from bench.scenario import bundled_scenarios, find_scenario, load_scenario
