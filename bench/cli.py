@@ -73,10 +73,12 @@ def run(
 def report(
     trace: Path = typer.Argument(..., help="a run's SQLite trace"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the result as JSON here"),
+    html_dir: Optional[Path] = typer.Option(None, "--html", help="write index.html and its plots into this "
+                                                                  "directory"),
 ) -> None:
     """Re-judge a recorded run from its trace (checks are pure functions of the trace)."""
     from bench.report import judge
-    from bench.trace import TraceError
+    from bench.trace import TraceError, load_trace
 
     try:
         result = judge(trace)
@@ -85,6 +87,10 @@ def report(
     typer.echo(render_table(result))
     if json_path is not None:
         write_json(result, json_path)
+    if html_dir is not None:
+        from bench.html_report import write_html
+
+        typer.echo(f"report: {write_html(result, load_trace(trace), html_dir)}")
     raise typer.Exit(EXIT_PASS if result.verdict == "pass" else EXIT_FAIL)
 
 
