@@ -9,19 +9,17 @@ clock as a physical controller would see it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import socket
 import subprocess
 import sys
 import tomllib
-import tty
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
+from pty_line import pty_line
 
 from bench.meter_replay import site_readings
 from bench.runner import run_scenario
@@ -224,25 +222,15 @@ def test_evbench_meter_replays_a_recorded_run_over_modbus_rtu(tmp_path: Path) ->
     rmap = load_register_map("b23")
 
     async def main() -> tuple[list[float], int, str]:
-        loop = asyncio.get_running_loop()
-        master_a, slave_a = os.openpty()
-        master_b, slave_b = os.openpty()
-        for fd in (slave_a, slave_b):
-            tty.setraw(fd)
-        for fd in (master_a, master_b):
-            os.set_blocking(fd, False)
+        async with pty_line() as (meter_end, controller_end):
+            return await read_from_the_bench(meter_end, controller_end)
 
-        def carry(source: int, sink: int) -> None:
-            with contextlib.suppress(BlockingIOError):
-                os.write(sink, os.read(source, 4096))
-
-        loop.add_reader(master_a, carry, master_a, master_b)
-        loop.add_reader(master_b, carry, master_b, master_a)
+    async def read_from_the_bench(meter_end: str, controller_end: str) -> tuple[list[float], int, str]:
         server = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.cli", "meter", "--trace", str(tmp_path / "t.db"), "--model", "b23",
-            "--serial", os.ttyname(slave_a), "--baud", "9600", "--unit", "7", "--speed", "120",
+            "--serial", meter_end, "--baud", "9600", "--unit", "7", "--speed", "120",
             cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        client = AsyncModbusSerialClient(os.ttyname(slave_b), baudrate=9600, timeout=1, retries=2)
+        client = AsyncModbusSerialClient(controller_end, baudrate=9600, timeout=1, retries=2)
         seen: list[float] = []
         try:
             await client.connect()
@@ -265,10 +253,6 @@ def test_evbench_meter_replays_a_recorded_run_over_modbus_rtu(tmp_path: Path) ->
             client.close()
             if server.returncode is None:
                 server.kill()
-            loop.remove_reader(master_a)
-            loop.remove_reader(master_b)
-            for fd in (master_a, slave_a, master_b, slave_b):
-                os.close(fd)
 
     seen, code, output = asyncio.run(main())
     assert code == 0, output
