@@ -47,6 +47,28 @@ class RunResult:
             return list(self._check(check_id).findings)
         return [f for check in self.checks for f in check.findings]
 
+    def explain(self, check_id: str | None = None, max_findings: int = 10) -> str:
+        """The findings of one check (or of every failed check) as readable lines: what a failing test prints."""
+        checks = [self._check(check_id)] if check_id is not None else [c for c in self.checks if c.findings]
+        lines = []
+        for check in checks:
+            lines.append(f"{check.id} ({check.layer}, {check.source}): {check.verdict.upper()}, "
+                         f"{len(check.findings)} finding{'s' if len(check.findings) != 1 else ''}")
+            for finding in check.findings[:max_findings]:
+                lines.append(f"  {_offset(finding.t_start)}  {finding.message}")
+            if len(check.findings) > max_findings:
+                lines.append(f"  ... {len(check.findings) - max_findings} more (trace: {self.trace_path})")
+        return "\n".join(lines) if lines else "every check passed"
+
+    def assert_passed(self, *check_ids: str) -> None:
+        """Raise AssertionError explaining every finding unless the named checks (default: all) passed."""
+        failed = [c.id for c in self.checks if c.findings and (not check_ids or c.id in check_ids)]
+        for check_id in check_ids:
+            self._check(check_id)  # an unknown id is the test's mistake: say so
+        if failed:
+            raise AssertionError(f"{self.scenario} with {self.controller}:\n"
+                                 + "\n".join(self.explain(c) for c in failed))
+
     def to_json(self) -> dict:
         return {
             "scenario": self.scenario,
