@@ -91,7 +91,7 @@ class SimLoop(asyncio.SelectorEventLoop):
         else:
             super().__init__()
             try:
-                _check_speed(speed)
+                check_speed(speed)
             except ValueError:
                 self.close()
                 raise
@@ -119,7 +119,7 @@ class SimLoop(asyncio.SelectorEventLoop):
 
     def set_speed(self, speed: float) -> None:
         """Run ``speed`` simulated seconds per wall second from now on; thread-safe."""
-        _check_speed(speed)
+        check_speed(speed)
         self._repace(speed=float(speed))
 
     def pause(self) -> None:
@@ -162,7 +162,8 @@ class _Pace:
     paused: bool
 
 
-def _check_speed(speed: float) -> None:
+def check_speed(speed: float) -> None:
+    """ValueError unless ``speed`` is a finite positive factor (simulated seconds per wall second)."""
     if not (isinstance(speed, (int, float)) and math.isfinite(speed) and speed > 0):
         raise ValueError(f"speed: expected a positive factor (got {speed})")
 

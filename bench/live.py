@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import math
 import threading
 import time
 from collections import deque
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import clock as bench_clock
-from bench.clock import SimLoop
+from bench.clock import SimLoop, check_speed
 from bench.recorder import Recorder
 from bench.report import RunResult, judge
 from bench.runner import (
@@ -133,7 +132,7 @@ class LiveRun:
         sc = scenario if isinstance(scenario, Scenario) else load_scenario(find_scenario(str(scenario)))
         spec = resolve_controller(controller)
         speed = 1.0 if realtime else speed
-        _check_speed(speed)
+        check_speed(speed)
         length_s = sc.clock.duration_s if duration_s is None else duration_s
         if length_s <= 0:
             raise ScenarioError(f"must be > 0 (got {length_s})", field="duration")
@@ -198,7 +197,7 @@ class LiveRun:
         self._submit("resume", lambda run: None)
 
     def set_speed(self, speed: float) -> None:
-        _check_speed(speed)
+        check_speed(speed)
         self._clock().set_speed(speed)
         self._submit(f"speed x{speed:g}", lambda run: None)
 
@@ -308,11 +307,6 @@ class LiveRun:
             raise RuntimeError(f"the live run failed: {self._error!r}") from self._error
         assert self._result is not None
         return self._result
-
-
-def _check_speed(speed: float) -> None:
-    if not (isinstance(speed, (int, float)) and math.isfinite(speed) and speed > 0):
-        raise ValueError(f"speed: expected a positive factor (got {speed})")
 
 
 class _LiveRecorder(Recorder):
