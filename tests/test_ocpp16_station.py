@@ -29,7 +29,7 @@ from bench.clock import SimClock, iso_z
 from emulators.ev import EV, EVSpec
 from emulators.ocpp16 import Station16
 from emulators.station import StationModel
-from virtual_time import Watch, virtual
+from virtual_time import Tap, Watch, virtual
 
 START_EPOCH = 1_718_000_000.0  # 2024-06-10T06:13:20Z, a whole second
 STATION_ID = "CP-TEST"
@@ -38,26 +38,6 @@ STATION_ID = "CP-TEST"
 # --------------------------------------------------------------------------------------------------------------
 # The CSMS of these tests
 # --------------------------------------------------------------------------------------------------------------
-
-
-class Tap:
-    """The CSMS's websocket as its ChargePoint sees it: every frame in and out is logged."""
-
-    def __init__(self, ws: Any, log: list[tuple[str, str]], watch: Watch) -> None:
-        self.ws = ws
-        self.log = log
-        self.watch = watch
-
-    async def recv(self) -> str:
-        raw = await self.ws.recv()
-        self.log.append(("in", raw))
-        self.watch.poke()
-        return raw
-
-    async def send(self, raw: str) -> None:
-        self.log.append(("out", raw))
-        self.watch.poke()
-        await self.ws.send(raw)
 
 
 class Csms(ChargePoint):

@@ -23,7 +23,7 @@ import websockets
 from ocpp.routing import on
 from ocpp.v201 import ChargePoint, call, call_result
 from ocpp.v201.enums import Action
-from virtual_time import Watch, virtual
+from virtual_time import Tap, Watch, virtual
 
 from bench.clock import SimClock, iso_z
 from emulators.ev import EV, EVSpec
@@ -37,26 +37,6 @@ STATION_ID = "CP201"
 # --------------------------------------------------------------------------------------------------------------------
 # The CSMS of these tests
 # --------------------------------------------------------------------------------------------------------------------
-
-
-class Tap:
-    """The CSMS's websocket as its ChargePoint sees it: every frame in and out is logged."""
-
-    def __init__(self, ws: Any, log: list[tuple[str, str]], watch: Watch) -> None:
-        self.ws = ws
-        self.log = log
-        self.watch = watch
-
-    async def recv(self) -> str:
-        raw = await self.ws.recv()
-        self.log.append(("in", raw))
-        self.watch.poke()
-        return raw
-
-    async def send(self, raw: str) -> None:
-        self.log.append(("out", raw))
-        self.watch.poke()
-        await self.ws.send(raw)
 
 
 class Csms(ChargePoint):

@@ -1,4 +1,5 @@
-"""Shared by the protocol tests: run a coroutine in virtual time and wait for observable things in it."""
+"""Shared by the protocol tests: run a coroutine in virtual time, wait for observable things in it, and tap a
+test CSMS's websocket."""
 
 from __future__ import annotations
 
@@ -38,3 +39,23 @@ class Watch:
                 await asyncio.wait_for(self._event.wait(), remaining)
             except asyncio.TimeoutError:
                 pass
+
+
+class Tap:
+    """The CSMS's websocket as its ChargePoint sees it: every frame in and out is logged, and the watch poked."""
+
+    def __init__(self, ws: Any, log: list[tuple[str, str]], watch: Watch) -> None:
+        self.ws = ws
+        self.log = log
+        self.watch = watch
+
+    async def recv(self) -> str:
+        raw = await self.ws.recv()
+        self.log.append(("in", raw))
+        self.watch.poke()
+        return raw
+
+    async def send(self, raw: str) -> None:
+        self.log.append(("out", raw))
+        self.watch.poke()
+        await self.ws.send(raw)
