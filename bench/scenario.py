@@ -511,6 +511,17 @@ class Checks(_Model):
     max_limit_changes_per_hour: Whole = Field(60, ge=1)
     # [A] OSCILLATION: a change counts once the limit has moved this far from where it last counted
     oscillation_min_step_a: Number = Field(1.0, ge=0)
+    # [s] REALLOCATE: capacity an EV frees (it leaves, is full, or draws clearly less than offered) is offered to the
+    # EVs held below what they could draw this soon (errata §2.46: 47/47 A → 94 A when one of two EVs leaves)
+    reallocate_s: Seconds = Field(60.0, validation_alias="reallocate")
+    # [s] DR-RESPONSE: a site limit lowered by a grid signal is met this soon (grid-limit smoke test: 2–10 s)
+    dr_ramp_s: Seconds = Field(10.0, validation_alias="dr_ramp")
+    # [W] DR-RESPONSE: a limit of 0 is met when the site draws less than this
+    dr_zero_w: Number = Field(10.0, gt=0)
+    # [s] DR-RESPONSE: once the limit is raised again, EVs that want energy draw more than dr_restore_w this soon
+    # (grid-limit smoke test: above 3 kW within 10–15 s)
+    dr_restore_s: Seconds = Field(15.0, validation_alias="dr_restore")
+    dr_restore_w: Number = Field(3000.0, ge=0)
 
 
 class ControllerSettings(_Model):
