@@ -463,7 +463,7 @@ class _Snapshots:
             speed=speed, paused=paused, finished=finished,
             currents_a=sample.currents_a, limit_a=run.limit_a, breaker_closed=sample.closed,
             breaker_rating_a=site.breaker.rating_a, breaker_heat=max(site.breaker.thermal_load),
-            building_a=building_a, pv_w=0.0, battery_w=0.0, power_w=sample.power_w,
+            building_a=building_a, pv_w=run.pv_w, battery_w=run.battery_w, power_w=sample.power_w,
             demand_15min_kw=self._interval_j / self._interval_s / 1000.0 if self._interval_s else 0.0,
             peak_15min_kw=self._peak_kw, history=tuple(self._history), stations=self._station_rows(run),
             events=self._event_log(), findings=self.findings, verdict=self.verdict,

@@ -10,6 +10,11 @@ wall time):
 - ``meta(key, value)``            run parameters, each value JSON text.
 - ``site_samples``                grid-connection point per physics step: per-phase current [A],
                                   site limit [A], active power [W], building load [A], breaker state.
+- ``plant_samples``               the site's PV and battery per physics step, beside ``site_samples``
+                                  (same ``t``), written only for a site that has either: PV output
+                                  [W, ≥ 0], battery AC power [W, + charging] and state of charge
+                                  [0..1] (NULL without a battery). A site without them writes no rows,
+                                  so its runs cost what they did before.
 - ``station_samples``             per connector per step: composite limit [A per phase] (NULL = no
                                   profile limit), offered current [A], drawn current per station
                                   phase [A], power [W], energy delivered [kWh], SoC [0..1], EV id.
@@ -40,7 +45,7 @@ from typing import Any
 
 #: Bumped when a table changes shape; stored in SQLite's ``PRAGMA user_version``, so the meta
 #: table stays exactly what the bench passed in.
-TRACE_FORMAT = 2  # 2: + meter_reads (a format-1 trace reads back with no meter reads)
+TRACE_FORMAT = 3  # 2: + meter_reads; 3: + plant_samples (older traces read back without them)
 
 #: Rows buffered before the recorder writes without being asked: big enough that executemany
 #: amortises its per-statement cost, small enough that a crash between the bench's flushes loses
@@ -58,6 +63,7 @@ CREATE TABLE site_samples (
     t REAL NOT NULL, i1_a REAL, i2_a REAL, i3_a REAL, limit_a REAL,
     power_w REAL, building_a REAL, breaker_closed INTEGER
 );
+CREATE TABLE plant_samples (t REAL NOT NULL, pv_w REAL, battery_w REAL, battery_soc REAL);
 CREATE TABLE station_samples (
     t REAL NOT NULL, station TEXT NOT NULL, connector INTEGER NOT NULL,
     limit_a REAL, offered_a REAL, i1_a REAL, i2_a REAL, i3_a REAL,
@@ -79,6 +85,7 @@ CREATE TABLE meter_reads (
 """
 
 _INSERT_SITE = "INSERT INTO site_samples VALUES (?,?,?,?,?,?,?,?)"
+_INSERT_PLANT = "INSERT INTO plant_samples VALUES (?,?,?,?)"
 _INSERT_STATION = "INSERT INTO station_samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_MESSAGE = "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?)"
 _INSERT_EVENT = "INSERT INTO events VALUES (?,?,?,?)"
@@ -151,6 +158,7 @@ class Recorder:
                              [(str(k), _json_text(v)) for k, v in meta.items()])
         self._db.commit()
         self._site: list[tuple] = []
+        self._plant: list[tuple] = []
         self._stations: list[tuple] = []
         self._messages: list[tuple] = []
         self._events: list[tuple] = []
@@ -173,6 +181,13 @@ class Recorder:
         """One grid-connection sample: per-phase current [A], limit [A], power [W], building [A]."""
         i1, i2, i3 = currents_a
         self._site.append((t, i1, i2, i3, limit_a, power_w, building_a, 1 if breaker_closed else 0))
+        self._pending += 1
+        if self._pending > AUTO_FLUSH_ROWS:
+            self.flush()
+
+    def plant(self, t: float, pv_w: float, battery_w: float, battery_soc: float | None) -> None:
+        """The site's PV output [W] and battery AC power [W, + charging] and SoC [0..1, None = no battery]."""
+        self._plant.append((t, pv_w, battery_w, battery_soc))
         self._pending += 1
         if self._pending > AUTO_FLUSH_ROWS:
             self.flush()
@@ -250,7 +265,8 @@ class Recorder:
             return
         db = self._db
         try:
-            for sql, rows in ((_INSERT_SITE, self._site), (_INSERT_STATION, self._stations),
+            for sql, rows in ((_INSERT_SITE, self._site), (_INSERT_PLANT, self._plant),
+                              (_INSERT_STATION, self._stations),
                               (_INSERT_MESSAGE, self._messages), (_INSERT_EVENT, self._events),
                               (_INSERT_VEHICLE, self._vehicles), (_INSERT_METER_READ, self._meter_reads)):
                 if rows:
@@ -259,7 +275,8 @@ class Recorder:
         except BaseException:
             db.rollback()  # keep the file at the last good commit; the rows stay buffered
             raise
-        for rows in (self._site, self._stations, self._messages, self._events, self._vehicles, self._meter_reads):
+        for rows in (self._site, self._plant, self._stations, self._messages, self._events, self._vehicles,
+                     self._meter_reads):
             rows.clear()
         self._pending = 0
 

@@ -4,7 +4,10 @@ This module owns the order of things in a run. It starts the site meter (Modbus 
 loopback), the controller (in-process behind :class:`controllers.host.ControllerHost`, or an
 external CSMS by URL), one OCPP station emulator per scenario station, then steps the physics
 every ``clock.step`` simulated seconds: vehicles arrive and leave, stations offer currents from
-their profile engines, EVs draw, the site sums phases and the breaker heats. Every sample and
+their profile engines, EVs draw, PV feeds in and the battery follows the setpoint its inverter holds,
+the site sums phases and the breaker heats. An in-process controller is handed the tariff and PV
+forecast (:class:`controllers.api.GridSignal`) at the start and whenever day-ahead prices are
+published during the run; an external one gets none (no protocol carries them here). Every sample and
 every OCPP frame goes to the recorder as it happens; the verdict is computed from the trace
 afterwards (:func:`bench.report.judge`). Whatever goes wrong, the trace is closed and kept.
 
@@ -37,8 +40,11 @@ from bench.scenario import (
     find_scenario,
     load_scenario,
 )
-from bench.site import Breaker, Site, SiteSample, station_to_site
-from controllers.api import Controller, MeterEndpoint, SiteConfig, StationConfig
+from bench.battery import StationaryBattery
+from bench.pv import PVSystem
+from bench.site import Breaker, Site, SiteSample, inverter_currents, station_to_site
+from bench.tariff import Tariff
+from controllers.api import BatteryConfig, Controller, GridSignal, MeterEndpoint, SiteConfig, StationConfig
 from controllers.host import ControllerHost
 from controllers.register_map import load_register_map
 from emulators.ev import EV, EVSpec
@@ -57,6 +63,9 @@ from emulators.station import StationModel
 DEFAULT_SCENARIO = "workplace"
 DEFAULT_CONTROLLER = "equal_share"
 _FLUSH_EVERY_S = 60.0
+# How far ahead a controller is told a time-of-use tariff and the PV forecast: the rest of the run
+# and a day beyond, so a plan for the last hours can see the morning after.
+_SIGNAL_HORIZON_S = 86_400.0
 
 
 class ControllerError(ValueError):
@@ -112,16 +121,65 @@ def resolve_controller(text: str) -> ControllerSpec:
     return ControllerSpec(text, factory=factory)
 
 
+def check_controller_config(spec: ControllerSpec, site: SiteConfig) -> None:
+    """Build the controller once on the installer's configuration so that a setting it refuses (a bad
+    ``[controller.options]`` value) is bad input before anything starts, not a crash mid-run."""
+    if spec.factory is None:
+        return
+    try:
+        spec.factory(site)
+    except (ValueError, TypeError) as error:
+        raise ControllerError(f"{spec.name}: [controller.options]: {error}") from None
+
+
 def site_config(scenario: Scenario, meter: MeterEndpoint | None = None) -> SiteConfig:
     """The installer's view of the site, which is all a controller is told: the limit, the chargers (and their
     sub-meters), and where the site meter is wired (``meter``: its port is only known once it listens)."""
+    battery = scenario.site.battery
     return SiteConfig(
         limit_a=scenario.site.limit_a, phases=scenario.site.phases, voltage_v=scenario.site.voltage_v,
         stations=tuple(StationConfig(s.id, s.max_current_a, s.phases, s.connectors, s.ocpp, s.meter_unit,
-                                     s.meter_model)
+                                     s.meter_model, s.priority)
                        for s in scenario.stations),
         meter=meter, period_s=scenario.controller.period_s, meter_poll_s=scenario.controller.meter_poll_s,
+        battery=None if battery is None else BatteryConfig(
+            battery.capacity_kwh, battery.max_charge_kw * 1000.0, battery.max_discharge_kw * 1000.0,
+            battery.min_soc, battery.max_soc, battery.efficiency, battery.unit_id, battery.model),
+        pv_peak_w=0.0 if scenario.site.pv is None else scenario.site.pv.peak_kw * 1000.0,
+        options=dict(scenario.controller.options),
     )
+
+
+def site_tariff(scenario: Scenario) -> Tariff | None:
+    """The scenario's ``[tariff]`` as the pure model (:mod:`bench.tariff`), or None."""
+    t = scenario.tariff
+    if t is None:
+        return None
+    return Tariff(scenario.clock.start.timestamp(), time_of_use=t.import_price_per_kwh, day_ahead=t.day_ahead_per_kwh,
+                  publish_s=t.day_ahead_publish_s, export_price_per_kwh=t.export_price_per_kwh,
+                  demand_charge_per_kw=t.demand_charge_per_kw, currency=t.currency)
+
+
+def site_pv(scenario: Scenario) -> PVSystem | None:
+    """The scenario's ``[site.pv]`` as the pure model (:mod:`bench.pv`), or None."""
+    pv = scenario.site.pv
+    if pv is None:
+        return None
+    return PVSystem(pv.peak_kw * 1000.0, pv.sunrise_s, pv.sunset_s, pv.profile_s)
+
+
+def grid_signal(tariff: Tariff | None, pv: PVSystem | None, now: float, run_end: float) -> GridSignal:
+    """What a controller knows at ``now`` (epoch) of prices and PV: known prices, clear-sky forecast."""
+    horizon = max(run_end, now) + _SIGNAL_HORIZON_S
+    if tariff is None:
+        forecast = () if pv is None else pv.forecast(now, horizon)
+        return GridSignal(pv_forecast=forecast)
+    prices = tariff.known_prices(now, horizon)
+    known_until = prices[-1].end if prices else now
+    return GridSignal(prices=prices, export_price_per_kwh=tariff.export_price_per_kwh,
+                      demand_charge_per_kw=tariff.demand_charge_per_kw,
+                      pv_forecast=() if pv is None else pv.forecast(now, known_until if tariff.day_ahead else horizon),
+                      currency=tariff.currency)
 
 
 def meter_endpoint(scenario: Scenario, port: int) -> MeterEndpoint:
@@ -145,7 +203,7 @@ def describe_meter(scenario: Scenario, port: int) -> str:
 
 
 def _meta(scenario: Scenario, controller: str, seed: int, duration_s: float) -> dict:
-    return {
+    meta = {
         "scenario": scenario.name,
         "scenario_path": str(scenario.source or ""),
         "controller": controller,
@@ -161,7 +219,24 @@ def _meta(scenario: Scenario, controller: str, seed: int, duration_s: float) -> 
         "checks": scenario.checks.model_dump(),
         "stations": [{"id": s.id, "ocpp": s.ocpp, "connectors": s.connectors, "max_current_a": s.max_current_a,
                       "phases": s.phases, "rotation": s.rotation} for s in scenario.stations],
+        # each car's on-board charger limit: what it could draw however much it is offered (REALLOCATE)
+        "vehicles": [{"id": v.id, "max_current_a": v.max_current_a} for v in scenario.vehicles],
     }
+    tariff = site_tariff(scenario)
+    if tariff is not None:
+        # The price in force at every moment of the run, as [t since start, price] steps: what the cost metrics read.
+        start = tariff.start_epoch
+        meta["tariff"] = {
+            "currency": tariff.currency, "export_price_per_kwh": tariff.export_price_per_kwh,
+            "demand_charge_per_kw": tariff.demand_charge_per_kw,
+            "kind": "time_of_use" if tariff.time_of_use is not None else "day_ahead",
+            "import_prices": [[p.start - start, p.price_per_kwh] for p in tariff.schedule(start, start + duration_s)],
+        }
+    if scenario.site.pv is not None:
+        meta["pv_peak_w"] = scenario.site.pv.peak_kw * 1000.0
+    if scenario.site.battery is not None:
+        meta["battery"] = scenario.site.battery.model_dump()
+    return meta
 
 
 class _Run:
@@ -196,6 +271,15 @@ class _Run:
         self.link_up = True
         self.meter_fault: str | None = None
         self._live_cars = 0
+        self.tariff = site_tariff(scenario)
+        self.pv = site_pv(scenario)
+        b = scenario.site.battery
+        self.battery = None if b is None else StationaryBattery(
+            b.capacity_kwh, b.max_charge_kw * 1000.0, b.max_discharge_kw * 1000.0, b.efficiency, b.initial_soc,
+            b.min_soc, b.max_soc)
+        self.cloud_factor = 1.0
+        self.pv_w = 0.0  # the plant this step, for a live view
+        self.battery_w = 0.0
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
@@ -223,6 +307,7 @@ class _Run:
                 instance = self.controller.factory(site_config(sc, endpoint))
                 self.host = ControllerHost(instance, meter=endpoint, now=self.clock.epoch)
                 url = await self.host.start()
+                self._send_grid_signal(0.0)
             for station in sc.stations:
                 self._add_station(station, url)
             await self._physics()
@@ -232,23 +317,40 @@ class _Run:
         finally:
             await self._shutdown()
 
+    def _send_grid_signal(self, t: float) -> None:
+        """Tell an in-process controller what is known at ``t`` of prices and PV (nothing to tell: nothing sent)."""
+        if self.host is None or (self.tariff is None and self.pv is None):
+            return
+        start = self.scenario.clock.start.timestamp()
+        signal = grid_signal(self.tariff, self.pv, start + t, start + self.duration_s)
+        self.host.grid_signal(signal)
+        self.recorder.event(t, "grid_signal", None, {
+            "prices": len(signal.prices), "prices_until_s": signal.prices[-1].end - start if signal.prices else None,
+            "pv_forecast": len(signal.pv_forecast)})
+
     async def _start_meter(self) -> None:
-        """The site meter and the stations' sub-meters: one Modbus server (a bus, or a gateway on TCP)."""
+        """The site meter, the stations' sub-meters and the battery inverter: one Modbus server (a bus, or a
+        gateway on TCP)."""
         m = self.scenario.site.meter
         subs = {s.meter_unit: s.meter_model or m.model for s in self.scenario.stations if s.meter_unit is not None}
+        battery = self.scenario.site.battery
+        devices = dict(subs)
+        if battery is not None:
+            devices[battery.unit_id] = battery.model
         self.meter = MeterServer(m.model, host=m.host, port=m.port, device_id=m.unit_id, serial_port=m.serial,
-                                 baudrate=m.baudrate, parity=m.parity, stopbits=m.stopbits, sub_meters=subs,
+                                 baudrate=m.baudrate, parity=m.parity, stopbits=m.stopbits, sub_meters=devices,
                                  on_read=self._meter_read, seed=self.seed)
         site = MeterBehaviour(m.update_interval_s, m.delay_s, m.noise, m.ct_ratio)
         # Sub-meters sit on the station's own cables: no CT, otherwise the same kind of device.
         direct = MeterBehaviour(m.update_interval_s, m.delay_s, m.noise, None)
-        for unit, model in {m.unit_id: m.model, **subs}.items():
+        for unit, model in {m.unit_id: m.model, **devices}.items():
             self.meter_models[unit] = MeterModel(site if unit == m.unit_id else direct, seed=self.seed + unit,
                                                  current_resolution_a=current_resolution_a(load_register_map(model)))
         self.recorder.event(0.0, "meter_config", None, {
             "model": m.model, "update_interval_s": m.update_interval_s, "delay_s": m.delay_s, "noise": m.noise,
             "ct_ratio": m.ct_ratio, "transport": f"rtu {m.serial}" if m.serial else "tcp", "unit": m.unit_id,
-            "sub_meters": {str(u): model for u, model in subs.items()}})
+            "sub_meters": {str(u): model for u, model in subs.items()},
+            **({"battery_inverter": {"unit": battery.unit_id, "model": battery.model}} if battery else {})})
         await self.meter.start()
 
     def _meter_read(self, read: ReadEvent) -> None:
@@ -298,6 +400,12 @@ class _Run:
         sub_meters = [(sid, unit, self.meter_models[unit]) for sid, unit in self.sub_meter_units.items()]
         station_currents: dict[str, tuple[float, float, float]] = {}
         next_flush_s = _FLUSH_EVERY_S
+        pv, battery = self.pv, self.battery
+        plant = pv is not None or battery is not None
+        battery_unit = sc.site.battery.unit_id if sc.site.battery is not None else None
+        battery_meter = self.meter_models[battery_unit] if battery_unit is not None else None
+        publications = ([] if self.tariff is None
+                        else [e - start_epoch for e in self.tariff.publications(start_epoch, start_epoch + self.duration_s)])
         steps = int(round(self.duration_s / step_s))
         observer = self.observer
         if observer is not None:
@@ -312,6 +420,9 @@ class _Run:
                 break
             while events and events[0].at_s <= t:
                 self._apply_event(events.pop(0), t)
+            while publications and publications[0] <= t:
+                publications.pop(0)
+                self._send_grid_signal(t)
             while departures and departures[0].departure_s <= t:
                 vehicle = departures.pop(0)
                 if vehicle.id in plugged:
@@ -344,8 +455,20 @@ class _Run:
                         self._spawn(self.stations[sid].ev_full(port.id))
             building_a = (self.building_override_a if self.building_override_a is not None
                           else sc.site.building_load_at((start_epoch + t) % 86400))
-            sample = site.step(phase_sums, (building_a, building_a, building_a), step_s)
+            inverters_a = None
+            if plant:
+                # Inverters disconnect from a dead grid (anti-islanding, EN 50549-1 / VDE-AR-N 4105): no PV, no battery.
+                pv_w = pv.clear_sky_w(epoch) * self.cloud_factor if pv is not None and supplied else 0.0
+                battery_w = 0.0
+                if battery is not None:
+                    setpoint_w = self.meter.setpoint(battery_unit) if supplied else 0.0
+                    battery_w = battery.step(setpoint_w, step_s)
+                self.pv_w, self.battery_w = pv_w, battery_w
+                inverters_a = inverter_currents(battery_w - pv_w, voltage_v, sc.site.phases)
+            sample = site.step(phase_sums, (building_a, building_a, building_a), step_s, inverters_a)
             rec.site(t, sample.currents_a, self.limit_a, sample.power_w, building_a, sample.closed)
+            if plant:
+                rec.plant(t, self.pv_w, self.battery_w, None if battery is None else battery.soc)
             if sample.tripped_now:
                 rec.event(t, "breaker_trip", None, {"currents_a": [round(i, 1) for i in sample.currents_a],
                                                     "reason": site.breaker.trip_reason,
@@ -356,9 +479,18 @@ class _Run:
             i1, i2, i3 = sample.currents_a
             shown = site_meter.observe(t, MeterReading(
                 voltages_v=volts, currents_a=(i1, i2, i3),
-                power_w=(voltage_v * i1, voltage_v * i2, voltage_v * i3), import_kwh=site.energy_import_kwh))
+                power_w=(voltage_v * i1, voltage_v * i2, voltage_v * i3), import_kwh=site.energy_import_kwh,
+                export_kwh=site.energy_export_kwh))
             if shown is not None:
                 await self.meter.update(shown, site_unit)
+            if battery_meter is not None:
+                i1, i2, i3 = inverter_currents(self.battery_w, voltage_v, sc.site.phases)
+                shown = battery_meter.observe(t, MeterReading(
+                    voltages_v=volts, currents_a=(i1, i2, i3),
+                    power_w=(voltage_v * i1, voltage_v * i2, voltage_v * i3), import_kwh=battery.charged_kwh,
+                    export_kwh=battery.discharged_kwh, soc=battery.soc))
+                if shown is not None:
+                    await self.meter.update(shown, battery_unit)
             for sid, unit, meter_model in sub_meters:
                 i1, i2, i3 = station_currents[sid]
                 shown = meter_model.observe(t, MeterReading(
@@ -419,6 +551,10 @@ class _Run:
                 self.host.site_limit_changed(event.value_a)
         elif event.kind == "building_load":
             self.building_override_a = event.value_a
+        elif event.kind == "cloud":
+            self.cloud_factor = event.factor
+            self.recorder.event(t, event.kind, None, {"factor": event.factor})
+            return
         elif event.kind == "external_limit":
             station = self.stations[event.station]
             assert isinstance(station, Station201)  # the scenario allows it on 2.0.1 stations only
@@ -565,6 +701,7 @@ def run_scenario(scenario: str | Path | Scenario = DEFAULT_SCENARIO, controller:
     """
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(find_scenario(str(scenario)))
     spec = resolve_controller(controller)
+    check_controller_config(spec, site_config(sc))
     if realtime or (spec.external and speed is None):
         speed = 1.0
     run_seed = sc.seed if seed is None else seed

@@ -22,6 +22,11 @@ Conventions
   and are stored as seconds since ``clock.start`` (``arrival_s``, ``departure_s``, ``at_s``).
 - ``site.building_load`` is a daily step profile ``[["HH:MM", amps], ...]`` (UTC); each value
   holds until the next entry and the last one wraps past midnight to the first.
+  ``tariff.import_price_per_kwh`` (time-of-use) is the same kind of profile of prices.
+- ``[site.pv]``, ``[site.battery]`` and ``[tariff]`` are optional; a scenario without them runs as
+  before. Day-ahead prices (``tariff.day_ahead_per_kwh``) are one array per day from clock.start's
+  date (UTC), 24 or 96 prices each, and must cover every day the run touches; when a controller
+  learns them is :mod:`bench.tariff`'s rule (published the day before at ``day_ahead_publish``).
 """
 
 from __future__ import annotations
@@ -49,18 +54,21 @@ from pydantic import (
     model_validator,
 )
 
-from controllers.register_map import meter_models
+from controllers.register_map import RegisterMapError, load_register_map, meter_models
 
 __all__ = [
+    "BatteryConfig",
     "Breaker",
     "Checks",
     "Clock",
     "Event",
     "MeterConfig",
+    "PVConfig",
     "Scenario",
     "ScenarioError",
     "Site",
     "Station",
+    "TariffConfig",
     "Vehicle",
     "bundled_scenarios",
     "find_scenario",
@@ -309,7 +317,9 @@ def _meter_model(value: Any) -> Any:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a meter model name (got {_got(value)})")
     if value not in meter_models() and not Path(value).is_file():
-        raise ValueError(f"unknown meter model {value!r}; expected one of {', '.join(meter_models())} "
+        # the bundled meters, not the devices that take commands (battery inverters)
+        meters = [model for model in meter_models() if not load_register_map(model).setpoints]
+        raise ValueError(f"unknown meter model {value!r}; expected one of {', '.join(meters)} "
                          "or the path of a register-map file")
     return value
 
@@ -337,12 +347,25 @@ class MeterConfig(_Model):
 
 def _building_load(value: Any) -> Any:
     """[["HH:MM", amps], ...] → sorted [(second of day, amps), ...]; numbers as seconds also pass."""
+    return _daily_steps(value, "amps", negative=False)
+
+
+def _daily_prices(value: Any) -> Any:
+    """[["HH:MM", price], ...] → sorted [(second of day, price per kWh), ...]; prices may be negative."""
+    steps = _daily_steps(value, "price", negative=True)
+    if not steps:
+        raise ValueError('expected at least one ["HH:MM", price] pair')
+    return steps
+
+
+def _daily_steps(value: Any, what: str, negative: bool) -> list[tuple[float, float]]:
+    """A daily step profile [["HH:MM", number], ...] → sorted [(second of day, number), ...]."""
     if not isinstance(value, list | tuple):
-        raise ValueError(f'expected an array of ["HH:MM", amps] pairs (got {_got(value)})')
+        raise ValueError(f'expected an array of ["HH:MM", {what}] pairs (got {_got(value)})')
     steps: dict[float, float] = {}
     for i, entry in enumerate(value):
         if not isinstance(entry, list | tuple) or len(entry) != 2:
-            raise _Located((i,), f'expected a pair ["HH:MM", amps] (got {_got(entry)})')
+            raise _Located((i,), f'expected a pair ["HH:MM", {what}] (got {_got(entry)})')
         when, amps = entry
         if isinstance(when, str) and (tod := _parse_time_of_day(when)) is not None:
             second = tod.hour * 3600.0 + tod.minute * 60.0 + tod.second
@@ -353,8 +376,8 @@ def _building_load(value: Any) -> Any:
         else:
             raise _Located((i, 0), f"expected a time of day 'HH:MM' (got {_got(when)})")
         if isinstance(amps, bool) or not isinstance(amps, int | float) or not math.isfinite(amps):
-            raise _Located((i, 1), f"expected a number of amps (got {_got(amps)})")
-        if amps < 0:
+            raise _Located((i, 1), f"expected a number{' of amps' if what == 'amps' else ''} (got {_got(amps)})")
+        if amps < 0 and not negative:
             raise _Located((i, 1), f"must be >= 0 (got {_got(amps)})")
         if second in steps:
             raise _Located((i, 0), f"a second entry for {_got(when)}")
@@ -362,8 +385,98 @@ def _building_load(value: Any) -> Any:
     return sorted(steps.items())
 
 
+def _time_of_day(value: Any) -> Any:
+    """'HH:MM' (or a TOML local time) → second of the day."""
+    if isinstance(value, time):
+        return value.hour * 3600.0 + value.minute * 60.0 + value.second
+    if isinstance(value, str) and (tod := _parse_time_of_day(value)) is not None:
+        return tod.hour * 3600.0 + tod.minute * 60.0 + tod.second
+    raise ValueError(f"expected a time of day 'HH:MM' (got {_got(value)})")
+
+
+TimeOfDay = Annotated[float, BeforeValidator(_time_of_day)]
+
+
+def _pv_profile(value: Any) -> Any:
+    """[["HH:MM", fraction of peak], ...] → sorted [(second of day, fraction)], fractions 0..1."""
+    steps = _daily_steps(value, "fraction", negative=False)
+    if len(steps) < 2:
+        raise ValueError('expected at least two ["HH:MM", fraction] points (linear between them, 0 outside)')
+    for i, (_second, fraction) in enumerate(steps):
+        if fraction > 1:
+            raise ValueError(f"fractions of the peak are 0..1 (got {fraction:g} at point {i} in time order)")
+    return steps
+
+
+class PVConfig(_Model):
+    """The site's PV system (``[site.pv]``): peak and a clear-sky day, sunrise to sunset (UTC) or a profile.
+
+    The bell and the profile are :mod:`bench.pv`'s; ``cloud`` events scale the output.
+    """
+
+    peak_kw: Number = Field(gt=0)  # [kWp] the inverter's peak output
+    sunrise_s: TimeOfDay = Field(6 * 3600.0, validation_alias="sunrise")  # [s of day, UTC]
+    sunset_s: TimeOfDay = Field(20 * 3600.0, validation_alias="sunset")  # [s of day, UTC]
+    # [(second of day, fraction of peak)] instead of the bell; TOML key `profile`
+    profile_s: Annotated[list[tuple[float, float]] | None, BeforeValidator(_pv_profile)] = Field(
+        None, validation_alias="profile")
+
+    @model_validator(mode="after")
+    def _daylight(self) -> PVConfig:
+        if self.profile_s is None and not self.sunset_s > self.sunrise_s:
+            raise _Located(("sunset",), f"must be after sunrise {_fmt_tod(self.sunrise_s)} "
+                                        f"(got {_fmt_tod(self.sunset_s)}; times are UTC)")
+        return self
+
+
+def _battery_model(value: Any) -> Any:
+    """A register map with the battery inverter's quantities (soc, power_total, a power_setpoint)."""
+    value = _meter_model(value)
+    try:
+        rmap = load_register_map(value)
+    except RegisterMapError as error:
+        raise ValueError(str(error)) from None
+    missing = [q for q in ("soc", "power_total") if rmap.register(q) is None]
+    missing += [q for q in ("power_setpoint",) if q not in {r.quantity for r in rmap.setpoints}]
+    if missing:
+        raise ValueError(f"register map {value!r} lacks {', '.join(missing)}; a battery inverter needs them "
+                         "(e.g. model = \"battery_inverter\")")
+    return value
+
+
+class BatteryConfig(_Model):
+    """The site's stationary battery (``[site.battery]``) and its inverter on the site meter's bus or gateway.
+
+    The controller commands it through the inverter's power setpoint register (Modbus unit ``unit_id``,
+    register map ``model``); without commands it idles. Efficiency is one way (:mod:`bench.battery`).
+    """
+
+    capacity_kwh: Number = Field(gt=0)  # [kWh]
+    max_charge_kw: Number = Field(gt=0)  # [kW]
+    max_discharge_kw: Number = Field(gt=0)  # [kW]
+    efficiency: Number = Field(0.95, gt=0, le=1)
+    initial_soc: Number = Field(0.5, ge=0, le=1)
+    min_soc: Number = Field(0.1, ge=0, lt=1)
+    max_soc: Number = Field(0.95, gt=0, le=1)
+    unit_id: Whole = Field(2, ge=1, le=247)
+    model: Annotated[str, BeforeValidator(_battery_model)] = "battery_inverter"
+
+    @model_validator(mode="after")
+    def _soc_window(self) -> BatteryConfig:
+        if not self.max_soc > self.min_soc:
+            raise _Located(("max_soc",), f"must be above min_soc {self.min_soc:g} (got {self.max_soc:g})")
+        if not self.min_soc <= self.initial_soc <= self.max_soc:
+            raise _Located(("initial_soc",), f"must be within min_soc..max_soc {self.min_soc:g}..{self.max_soc:g} "
+                                             f"(got {self.initial_soc:g})")
+        return self
+
+
+def _fmt_tod(second: float) -> str:
+    return f"{int(second // 3600):02d}:{int(second % 3600 // 60):02d}"
+
+
 class Site(_Model):
-    """The grid connection: phases, voltage, the limit the controller must hold, breaker, base load."""
+    """The grid connection: phases, voltage, the limit the controller must hold, breaker, base load, PV, battery."""
 
     phases: Literal[1, 3] = 3
     voltage_v: Number = Field(230.0, ge=100, le=500)  # [V] phase to neutral
@@ -375,6 +488,8 @@ class Site(_Model):
         default_factory=list, validation_alias="building_load"
     )
     meter: MeterConfig = Field(default_factory=MeterConfig)
+    pv: PVConfig | None = None
+    battery: BatteryConfig | None = None
 
     def building_load_at(self, second_of_day: float) -> float:
         """[A] per phase of the base profile at a second of the day (UTC); 0 without a profile."""
@@ -407,6 +522,8 @@ class Station(_Model):
     # site meter's); a controller may read it instead of the station's OCPP meter values
     meter_unit: Whole | None = Field(None, ge=1, le=247)
     meter_model: MeterModelName | None = None
+    # the installer's priority group for the controller: higher is served first (fleet above staff)
+    priority: Whole = 0
 
 
 class Vehicle(_Model):
@@ -463,23 +580,27 @@ class Event(_Model):
       (an ISO 15118 EV renegotiates; K15–K17);
     - ``meter_fault``: the site meter (or ``station``'s sub-meter) goes ``fault`` — unreachable, frozen,
       garbage, word_order (served with its words swapped) or slow (answers too late) — until a
-      ``meter_restored`` event for the same meter.
+      ``meter_restored`` event for the same meter;
+    - ``cloud``: from then on the PV system gives ``factor`` (0..1) of its clear-sky output (1 = clear
+      again); no controller is told (the forecast it has is the clear sky).
     """
 
     at_s: Moment = Field(validation_alias="at")  # [s] since clock.start
-    kind: Literal["site_limit", "building_load", "external_limit", "vehicle_needs", "meter_fault", "meter_restored"]
+    kind: Literal["site_limit", "building_load", "external_limit", "vehicle_needs", "meter_fault", "meter_restored",
+                  "cloud"]
     value_a: Number | None = Field(None, ge=0)
     fault: Literal["unreachable", "frozen", "garbage", "word_order", "slow"] | None = None
     station: str | None = None
     vehicle: str | None = None
     departure_s: Moment | None = Field(None, validation_alias="departure")  # [s] since clock.start
     target_soc: Number | None = Field(None, gt=0, le=1)
+    factor: Number | None = Field(None, ge=0, le=1)  # cloud: share of the clear-sky PV output
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> Event:
         wanted = {"site_limit": ("value_a",), "building_load": ("value_a",),
                   "external_limit": ("value_a", "station"), "vehicle_needs": ("vehicle",),
-                  "meter_fault": ("fault",), "meter_restored": ()}[self.kind]
+                  "meter_fault": ("fault",), "meter_restored": (), "cloud": ("factor",)}[self.kind]
         for name in wanted:
             if getattr(self, name) is None:
                 raise _Located((name,), f"required for kind = {self.kind!r}")
@@ -530,6 +651,49 @@ class ControllerSettings(_Model):
 
     period_s: PositiveSeconds | None = Field(None, validation_alias="period")  # [s] between allocations
     meter_poll_s: PositiveSeconds | None = Field(None, validation_alias="meter_poll")  # [s] between meter reads
+    # [controller.options]: the controller's own settings, handed to it verbatim (SiteConfig.options)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+def _day_ahead(value: Any) -> Any:
+    """[[24 or 96 prices], ...] per day → lists of floats; prices may be negative, must be finite."""
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError(f"expected an array of days, each an array of 24 or 96 prices (got {_got(value)})")
+    days = []
+    for d, day in enumerate(value):
+        if not isinstance(day, list | tuple) or len(day) not in (24, 96):
+            size = len(day) if isinstance(day, list | tuple) else _got(day)
+            raise _Located((d,), f"expected 24 hourly or 96 quarter-hourly prices (got {size})")
+        for i, price in enumerate(day):
+            if isinstance(price, bool) or not isinstance(price, int | float) or not math.isfinite(price):
+                raise _Located((d, i), f"expected a price per kWh (got {_got(price)})")
+        days.append([float(price) for price in day])
+    return days
+
+
+class TariffConfig(_Model):
+    """The site's tariff (``[tariff]``): an import price — time-of-use or day-ahead —, export price, demand charge.
+
+    Prices are per kWh in ``currency``; the demand charge is per kW of the billing period's highest
+    15-minute average import (SMART_CHARGING.md §2). When day-ahead prices become known: :mod:`bench.tariff`.
+    """
+
+    currency: str = Field("EUR", min_length=1, max_length=8)
+    # time-of-use: [(second of day UTC, price per kWh)], the last wrapping past midnight; TOML key as named
+    import_price_per_kwh: Annotated[list[tuple[float, float]] | None, BeforeValidator(_daily_prices)] = None
+    # day-ahead: one list per day from clock.start's date, 24 or 96 prices per kWh
+    day_ahead_per_kwh: Annotated[list[list[float]] | None, BeforeValidator(_day_ahead)] = None
+    day_ahead_publish_s: TimeOfDay = Field(12 * 3600.0, validation_alias="day_ahead_publish")  # [s of day, UTC]
+    export_price_per_kwh: Number = 0.0
+    demand_charge_per_kw: Number = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_import_price(self) -> TariffConfig:
+        if (self.import_price_per_kwh is None) == (self.day_ahead_per_kwh is None):
+            raise _Located(("import_price_per_kwh",),
+                           "give exactly one import price: import_price_per_kwh (time-of-use, "
+                           '[["HH:MM", price], ...]) or day_ahead_per_kwh (one array of 24 or 96 prices per day)')
+        return self
 
 
 class Scenario(_Model):
@@ -548,6 +712,7 @@ class Scenario(_Model):
     events: list[Event] = Field(default_factory=list)
     checks: Checks = Field(default_factory=Checks)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    tariff: TariffConfig | None = None
     seed: Whole = 0
     source: Path | None = Field(None, exclude=True, repr=False)
 
@@ -585,13 +750,24 @@ class Scenario(_Model):
             if station.phases == 3 and self.site.phases == 1:
                 raise _Located(("stations", i, "phases"), "a 3-phase station on a 1-phase site")
             if station.meter_unit is not None:
-                taken = {self.site.meter.unit_id: "the site meter"}
+                taken = {self.site.meter.unit_id: "the site meter",
+                         **({self.site.battery.unit_id: "the battery inverter"} if self.site.battery else {})}
                 taken.update({s.meter_unit: s.id for s in self.stations[:i] if s.meter_unit is not None})
                 if station.meter_unit in taken:
                     raise _Located(("stations", i, "meter_unit"),
                                    f"unit {station.meter_unit} is already {taken[station.meter_unit]}'s")
 
+        if self.site.battery is not None and self.site.battery.unit_id == self.site.meter.unit_id:
+            raise _Located(("site", "battery", "unit_id"), f"unit {self.site.battery.unit_id} is the site meter's")
         end, start = self.clock.duration_s, self.clock.start
+        if self.tariff is not None and self.tariff.day_ahead_per_kwh is not None:
+            last = start + timedelta(seconds=end) - timedelta(microseconds=1)
+            needed = (last.date() - start.date()).days + 1
+            given = len(self.tariff.day_ahead_per_kwh)
+            if given < needed:
+                raise _Located(("tariff", "day_ahead_per_kwh"),
+                               f"the run touches {needed} days from {start.date().isoformat()} (UTC) but prices are "
+                               f"given for {given}; add a day of prices for every day the run touches")
         seen: dict[str, int] = {}
         plugged: dict[tuple[str, int], list[tuple[float, float, int]]] = {}
         for i, ev in enumerate(self.vehicles):
@@ -661,6 +837,8 @@ class Scenario(_Model):
                     raise _Located(("events", i, "station"),
                                    f"{event.station} has no sub-meter (set meter_unit on the station); leave station "
                                    "out for the site meter")
+            if event.kind == "cloud" and self.site.pv is None:
+                raise _Located(("events", i, "kind"), "a cloud event needs a PV system ([site.pv])")
             if event.kind == "vehicle_needs":
                 if event.vehicle not in seen:
                     raise _Located(("events", i, "vehicle"), f"unknown vehicle {event.vehicle!r}")

@@ -2,7 +2,7 @@
 
 This module owns what the site draws at the point the utility meters and the main breaker
 protects: every station's per-phase currents mapped onto the site's phases, plus the building's
-base load, summed per phase; the thermal-magnetic main breaker those sums flow through; and the
+base load and the PV and battery inverters (:func:`inverter_currents`), summed per phase; the thermal-magnetic main breaker those sums flow through; and the
 energy imported. No I/O, no clock: the caller passes each step's currents and its length.
 
     sample = site.step([station_to_site(ev_phase_currents(ev.current_a, 1), "L2L3L1")],
@@ -23,6 +23,7 @@ __all__ = [
     "PHASE_ROTATIONS",
     "station_to_site",
     "ev_phase_currents",
+    "inverter_currents",
     "building_load_a",
     "Breaker",
     "SiteSample",
@@ -78,6 +79,18 @@ def ev_phase_currents(current_a: float, phases: int) -> tuple[float, float, floa
     if phases == 1:
         return (current_a, 0.0, 0.0)
     raise ValueError(f"phases must be 1 or 3, got {phases!r}")
+
+
+def inverter_currents(power_w: float, voltage_v: float, phases: int) -> tuple[float, float, float]:
+    """Per-phase currents [A, import positive] of a symmetric inverter at ``power_w`` [W, import positive].
+
+    PV feeding in is negative power; a battery charging positive. Three-phase inverters spread their
+    power evenly (as grid codes ask of them above a few kVA); on a 1-phase site all of it is on L1.
+    """
+    if phases == 3:
+        amps = power_w / (3.0 * voltage_v)
+        return (amps, amps, amps)
+    return (power_w / voltage_v, 0.0, 0.0)
 
 
 # -- building base load -------------------------------------------------------------------------
@@ -272,10 +285,13 @@ class Site:
         station_currents_a: Iterable[tuple[float, float, float]],
         building_a: tuple[float, float, float],
         dt_s: float,
+        inverters_a: tuple[float, float, float] | None = None,
     ) -> SiteSample:
-        """Sum ``station_currents_a`` (already in site phases, see ``station_to_site``) and
-        ``building_a`` per phase [A], pass them through the breaker for ``dt_s`` [s], integrate
-        energy. Power is voltage × the sum of phase currents (unity power factor).
+        """Sum ``station_currents_a`` (already in site phases, see ``station_to_site``),
+        ``building_a`` and ``inverters_a`` (PV and battery, :func:`inverter_currents`; negative is
+        feeding in) per phase [A], pass them through the breaker for ``dt_s`` [s], integrate energy.
+        Power is voltage × the sum of phase currents (unity power factor); net export runs the
+        export register.
 
         The caller should stop supplying the stations once ``closed`` is False; whatever it
         passes, nothing flows through an open breaker.
@@ -286,6 +302,10 @@ class Site:
             return SiteSample(_NO_CURRENT, 0.0, False, False)
 
         l1_a, l2_a, l3_a = building_a
+        if inverters_a is not None:
+            l1_a += inverters_a[0]
+            l2_a += inverters_a[1]
+            l3_a += inverters_a[2]
         for s1_a, s2_a, s3_a in station_currents_a:
             l1_a += s1_a
             l2_a += s2_a

@@ -4,7 +4,7 @@
 dicts, no SQLite left open), so checks stay pure functions of a :class:`Trace`. It reads a
 crashed run's file as well as a finished one's: SQLite replays the WAL on open, giving
 everything up to the recorder's last flush. A trace of an older format reads back with empty lists
-for the tables it did not have yet (format 1: no ``meter_reads``).
+for the tables it did not have yet (format 1: no ``meter_reads``; formats 1–2: no ``plant``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ class Trace:
       delivered_kwh, deliverable_kwh}``
     - ``meter_reads``: ``(t, unit, function, address, count, outcome, age_s | None)`` per Modbus
       request an emulated meter served or refused (see ``Recorder.meter_read``)
+    - ``plant``: ``(t, pv_w, battery_w, battery_soc | None)`` per physics step of a site with PV or a
+      battery (empty for one without): PV output [W], battery AC power [W, + charging]
     All lists are in recording order.
     """
 
@@ -48,6 +50,7 @@ class Trace:
     events: list[dict] = field(default_factory=list)
     vehicles: list[dict] = field(default_factory=list)
     meter_reads: list[tuple] = field(default_factory=list)
+    plant: list[tuple] = field(default_factory=list)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -116,9 +119,12 @@ def load_trace(path: str | Path) -> Trace:
                     in db.execute("SELECT * FROM vehicles ORDER BY rowid")]
         meter_reads = ([tuple(row) for row in db.execute("SELECT * FROM meter_reads ORDER BY rowid")]
                        if "meter_reads" in tables else [])
+        plant = ([tuple(row) for row in db.execute("SELECT t, pv_w, battery_w, battery_soc FROM plant_samples "
+                                                   "ORDER BY rowid")]
+                 if "plant_samples" in tables else [])
     except sqlite3.DatabaseError as exc:
         raise TraceError(f"not a readable evbench trace ({exc})") from None
     finally:
         db.close()
     return Trace(meta=meta, site=site, stations=stations, messages=messages,
-                 events=events, vehicles=vehicles, meter_reads=meter_reads)
+                 events=events, vehicles=vehicles, meter_reads=meter_reads, plant=plant)

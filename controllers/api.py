@@ -27,12 +27,21 @@ A decision for a key is either
   format of the station's version. The host sends it as given, to any connector of a connected
   station — connector 0 included (that is where max and default profiles live), with or without a
   session — whenever it differs from the last one sent for that key. The host does not judge it:
-  a product may send wrong profiles, and the bench must see exactly what it sent.
+  a product may send wrong profiles, and the bench must see exactly what it sent;
+- a :class:`BatterySetpoint`, for the key :data:`BATTERY` only: the power the site's stationary
+  battery should charge (+) or discharge (−) at. The host writes it to the battery inverter's
+  setpoint register over Modbus (:attr:`BatteryConfig.unit_id` on the site meter's bus or gateway)
+  whenever it changes; a site without a battery ignores it.
+
+Grid signals — the site limit (:meth:`Controller.on_site_limit`) and the tariff and PV forecast
+(:meth:`Controller.on_grid_signal`) — reach the controller as a product gets them from the grid
+operator, supplier or an aggregator: the host delivers a :class:`GridSignal` at start and again
+whenever what is known changes (a day-ahead publication).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 
@@ -49,6 +58,7 @@ class StationConfig:
     # register map when it is not the site meter's model. The host polls it with the site meter.
     meter_unit: int | None = None
     meter_model: str | None = None
+    priority: int = 0  # the installer's priority group: higher is served first (fleet above staff)
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,26 @@ class MeterEndpoint:
 
 
 @dataclass(frozen=True)
+class BatteryConfig:
+    """What the installer told the controller about the site's stationary battery and its inverter.
+
+    ``min_soc``/``max_soc`` (0..1) are the window the inverter holds; ``efficiency`` is one way
+    (charging stores ``efficiency`` of the energy taken in, discharging delivers ``efficiency`` of the
+    energy taken out). The inverter sits on the site meter's Modbus bus or gateway at ``unit_id``
+    with the register map ``model`` (:func:`controllers.register_map.load_register_map`).
+    """
+
+    capacity_kwh: float
+    max_charge_w: float
+    max_discharge_w: float
+    min_soc: float = 0.1
+    max_soc: float = 0.95
+    efficiency: float = 0.95
+    unit_id: int = 2
+    model: str = "battery_inverter"
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """The installer's configuration: the limit to hold and the chargers on the site."""
 
@@ -84,6 +114,10 @@ class SiteConfig:
     # interval"); None keeps the controller's own default (Controller.period_s / meter_poll_s).
     period_s: float | None = None
     meter_poll_s: float | None = None
+    battery: BatteryConfig | None = None  # a stationary battery the controller may command; None: none
+    pv_peak_w: float = 0.0  # the PV system's peak power as the installer knows it; 0: no PV
+    # The scenario's [controller.options] table, verbatim: a controller's own settings.
+    options: Mapping[str, object] = field(default_factory=dict)
 
     def station(self, station_id: str) -> StationConfig:
         for station in self.stations:
@@ -173,6 +207,49 @@ class ChargingNeeds:
 
 
 @dataclass(frozen=True)
+class PricePeriod:
+    """An import energy price known for ``start``..``end`` (epoch seconds), per kWh."""
+
+    start: float
+    end: float
+    price_per_kwh: float
+
+
+@dataclass(frozen=True)
+class PowerForecast:
+    """A forecast mean power for ``start``..``end`` (epoch seconds), e.g. of PV generation."""
+
+    start: float
+    end: float
+    power_w: float
+
+
+@dataclass(frozen=True)
+class GridSignal:
+    """What the controller knows of the tariff and the PV forecast, as of when it was sent.
+
+    ``prices`` are the known import prices in time order: a time-of-use tariff expanded over the
+    horizon the host looks ahead, or the day-ahead prices published so far. The demand charge is
+    per kW of the billing period's highest 15-minute average import.
+    """
+
+    prices: tuple[PricePeriod, ...] = ()
+    export_price_per_kwh: float = 0.0
+    demand_charge_per_kw: float = 0.0
+    pv_forecast: tuple[PowerForecast, ...] = ()
+    currency: str = "EUR"
+
+
+@dataclass(frozen=True)
+class BatteryReading:
+    """One read of the battery inverter: SoC 0..1 and power, + charging, − discharging."""
+
+    timestamp: float
+    soc: float
+    power_w: float
+
+
+@dataclass(frozen=True)
 class Limit:
     """A decision for one connector: its per-phase current limit (0 pauses charging)."""
 
@@ -190,8 +267,20 @@ class Profile:
     payload: dict
 
 
+@dataclass(frozen=True)
+class BatterySetpoint:
+    """The decision for :data:`BATTERY`: charge (+) or discharge (−) at ``power_w``.
+
+    The inverter clamps it to its power limits and its SoC window; 0 idles the battery.
+    """
+
+    power_w: float
+
+
 ConnectorKey = tuple[str, int]
-Decision = Limit | Profile
+Decision = Limit | Profile | BatterySetpoint
+
+BATTERY: ConnectorKey = ("battery", 0)  # the key of the site's stationary battery in allocate()
 
 
 class Controller:
@@ -246,6 +335,12 @@ class Controller:
 
     def on_site_limit(self, limit_a: float, now: float) -> None:
         """A grid signal: the limit at the connection point changed."""
+
+    def on_grid_signal(self, signal: GridSignal, now: float) -> None:
+        """The known prices or PV forecast changed (and once at start); ``signal`` is all of it."""
+
+    def on_battery_reading(self, reading: BatteryReading, now: float) -> None:
+        """A read of the battery inverter, polled with the site meter."""
 
     def on_meter_unavailable(self, error: str, now: float) -> None:
         """A read of the site meter failed; ``error`` says how. The last good reading is the last one sent."""

@@ -29,6 +29,16 @@ reading. Sub-meters (:attr:`~controllers.api.StationConfig.meter_unit`) are read
 the same loop and become ``on_meter_sample`` with ``source`` "modbus"; a failed sub-meter read is
 logged, not reported as the site meter's loss.
 
+Battery. With a stationary battery configured (:attr:`~controllers.api.SiteConfig.battery`), its
+inverter is read on the same bus in the same loop (``on_battery_reading``), and a
+:class:`~controllers.api.BatterySetpoint` decision for :data:`~controllers.api.BATTERY` is written to
+the inverter's power setpoint register when it changes (whole watts); a write that fails is written
+again at the next allocation.
+
+Grid signals. :meth:`ControllerHost.site_limit_changed` and :meth:`ControllerHost.grid_signal` are
+how whoever runs the host (the bench, a lab's price feed) hands on what the grid operator or the
+supplier said; both re-allocate at once.
+
 It knows nothing of the bench: it takes a ``now`` callable for the time, so the same host serves
 a virtual-time run and a real lab bench.
 """
@@ -61,9 +71,13 @@ from websockets.exceptions import NegotiationError
 
 from controllers import ocpp_fastpath
 from controllers.api import (
+    BATTERY,
+    BatteryReading,
+    BatterySetpoint,
     ChargingNeeds,
     ConnectorKey,
     Controller,
+    GridSignal,
     Limit,
     MeterEndpoint,
     MeterSample,
@@ -71,7 +85,7 @@ from controllers.api import (
     Session,
     SiteReading,
 )
-from controllers.meter_client import MeterBus, MeterClient, MeterUnavailable, SiteMeterReading
+from controllers.meter_client import InverterClient, MeterBus, MeterClient, MeterUnavailable, SiteMeterReading
 
 ocpp_fastpath.install()
 logging.getLogger("ocpp").setLevel(logging.CRITICAL)
@@ -467,6 +481,9 @@ class ControllerHost:
         self.site_reading: SiteReading | None = None  # the last good read of the site meter
         self._site_changed: tuple[SiteMeterReading, float] | None = None  # the last values and when they showed
         self._sub_meters_down: set[str] = set()
+        self._inverter: InverterClient | None = None
+        self._inverter_down = False
+        self.sent_battery_w: float | None = None  # the last power setpoint written to the battery inverter
         self.now = now
         self.heartbeat_s = heartbeat_s
         self.stations: dict[str, _Station16 | _Station201] = {}
@@ -491,7 +508,12 @@ class ControllerHost:
         self.port = self._server.sockets[0].getsockname()[1]
         self._tasks.append(asyncio.create_task(self._allocation_loop()))
         if self.meter is not None and self.controller.meter_poll_s > 0:
-            self._tasks.append(asyncio.create_task(self._meter_loop(*self._meter_clients(self.meter))))
+            bus, site, sub_meters = self._meter_clients(self.meter)
+            battery = self.controller.site.battery
+            if battery is not None:
+                self._inverter = InverterClient(dataclasses.replace(self.meter, unit_id=battery.unit_id,
+                                                                    model=battery.model), bus)
+            self._tasks.append(asyncio.create_task(self._meter_loop(bus, site, sub_meters)))
         return self.url
 
     async def stop(self) -> None:
@@ -515,6 +537,11 @@ class ControllerHost:
     def site_limit_changed(self, limit_a: float) -> None:
         """A grid signal reached the site: pass it to the controller and re-allocate."""
         self.controller.on_site_limit(limit_a, self.now())
+        self.wake()
+
+    def grid_signal(self, signal: GridSignal) -> None:
+        """The known prices or PV forecast changed: pass all of it to the controller and re-allocate."""
+        self.controller.on_grid_signal(signal, self.now())
         self.wake()
 
     # -- stations ---------------------------------------------------------------------------------
@@ -571,6 +598,12 @@ class ControllerHost:
                 _log.exception("controller.allocate failed: %s", error)
                 continue
             for key, decision in wanted.items():
+                if key == BATTERY:
+                    if isinstance(decision, BatterySetpoint):
+                        self._send_battery_setpoint(decision)
+                    else:
+                        _log.error("controller.allocate returned %r for the battery, not a BatterySetpoint", decision)
+                    continue
                 try:
                     station_id, connector_id = key
                 except (TypeError, ValueError):
@@ -606,6 +639,27 @@ class ControllerHost:
             key = (session.id, connector_id)
             if self.sent.get(key) == limit_a:
                 del self.sent[key]
+
+    def _send_battery_setpoint(self, setpoint: BatterySetpoint) -> None:
+        inverter = self._inverter
+        power_w = _number(setpoint.power_w)
+        if inverter is None or power_w is None:
+            if power_w is None:
+                _log.error("controller.allocate returned a battery setpoint of %r W, not sent", setpoint.power_w)
+            return
+        power_w = float(round(power_w))
+        if self.sent_battery_w == power_w:
+            return
+        self.sent_battery_w = power_w
+        self._spawn(self._write_battery_setpoint(inverter, power_w))
+
+    async def _write_battery_setpoint(self, inverter: InverterClient, power_w: float) -> None:
+        try:
+            await inverter.write_power_setpoint(power_w)
+        except MeterUnavailable as error:
+            _log.warning("battery setpoint %g W not written: %s", power_w, error)
+            if self.sent_battery_w == power_w:
+                self.sent_battery_w = None  # not in force: the next allocation writes it again
 
     def _send_profile(self, station_id: str, connector_id: int, profile: Profile) -> None:
         session = self.stations.get(station_id)
@@ -644,6 +698,8 @@ class ControllerHost:
                     await self._read_site_meter(site)
                     for station_id, client in sub_meters.items():
                         await self._read_sub_meter(station_id, client)
+                    if self._inverter is not None:
+                        await self._read_inverter(self._inverter)
                 except Exception as error:  # a controller bug in a hook must not stop the polling
                     _log.exception("meter poll failed: %s", error)
                 next_poll = max(next_poll + self.controller.meter_poll_s, loop.time())
@@ -663,6 +719,18 @@ class ControllerHost:
         self.site_reading = SiteReading(now, values.currents_a, values.power_w, values.import_kwh, values.voltages_v,
                                         values.export_kwh, values.frequency_hz, changed_at=self._site_changed[1])
         self.controller.on_site_reading(self.site_reading, now)
+
+    async def _read_inverter(self, client: InverterClient) -> None:
+        try:
+            values = await client.read()
+        except MeterUnavailable as error:
+            if not self._inverter_down:  # log a failure once, not every poll
+                self._inverter_down = True
+                _log.warning("battery inverter read failed: %s", error)
+            return
+        self._inverter_down = False
+        now = self.now()
+        self.controller.on_battery_reading(BatteryReading(now, values.soc, values.power_w), now)
 
     async def _read_sub_meter(self, station_id: str, client: MeterClient) -> None:
         try:

@@ -15,6 +15,10 @@ the same data file the emulated meter serves.
   and then raises :class:`MeterUnavailable`, so a dead meter costs at most
   ``timeout_s × (retries + 1)`` (plus connection set-up) per read.
 
+- :class:`InverterClient` reads a battery inverter on the same bus the same way (state of charge and
+  power, judged alike) and writes its active power setpoint (function code 16); a failed write raises
+  :class:`MeterUnavailable` too, and the caller writes again at its next decision.
+
 Plausibility is what a product can judge without knowing the site: every value finite, currents
 below 10 kA, voltages in [0, 1000) V, powers below what 3 × 1000 V × 10 kA could carry, frequency in
 [40, 70] Hz, energy registers not negative and never running backwards. That catches garbage and,
@@ -35,13 +39,13 @@ from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
 
 from controllers.api import MeterEndpoint
-from controllers.register_map import RegisterMap, decode, load_register_map
+from controllers.register_map import RegisterMap, decode, encode_setpoint, load_register_map
 
 # pymodbus logs every timeout and every frame of a failed exchange at error level; this client
 # turns each failure into a MeterUnavailable the product handles, so the library's own log is noise.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
-__all__ = ["MeterBus", "MeterClient", "MeterUnavailable", "SiteMeterReading"]
+__all__ = ["InverterClient", "InverterReading", "MeterBus", "MeterClient", "MeterUnavailable", "SiteMeterReading"]
 
 MAX_CURRENT_A = 10_000.0
 MAX_VOLTAGE_V = 1_000.0
@@ -68,6 +72,14 @@ class SiteMeterReading:
     voltages_v: tuple[float, float, float] | None = None
     export_kwh: float | None = None
     frequency_hz: float | None = None
+
+
+@dataclass(frozen=True)
+class InverterReading:
+    """One plausible read of a battery inverter: state of charge 0..1, power [W] + charging, − discharging."""
+
+    soc: float
+    power_w: float
 
 
 class MeterBus:
@@ -129,14 +141,25 @@ class MeterBus:
                 self._drop()  # an answer to another request (a late one on RS-485): start afresh
                 raise MeterUnavailable(f"{len(response.registers)} registers in the answer, asked for {count}")
         if response.isError():
-            code = getattr(response, "exception_code", None)
-            try:
-                name = ExcCodes(code).name
-            except ValueError:
-                name = str(code)
-            raise MeterUnavailable(f"Modbus exception {name} (function {function_code}, address {address}, "
-                                   f"count {count})")
+            raise MeterUnavailable(f"Modbus exception {_exception_name(response)} (function {function_code}, "
+                                   f"address {address}, count {count})")
         return list(response.registers)
+
+    async def write(self, address: int, words: list[int], unit_id: int) -> None:
+        """Write ``words`` from ``address`` of unit ``unit_id`` (function code 16, write multiple registers).
+
+        Raises :class:`MeterUnavailable` saying what went wrong; the caller names the device.
+        """
+        async with self._turn:
+            client = await self._connected()
+            try:
+                response = await client.write_registers(address, words, device_id=unit_id)
+            except (TimeoutError, ModbusException, OSError) as error:
+                self._drop()
+                raise MeterUnavailable(f"no answer: {error}") from error
+        if response.isError():
+            raise MeterUnavailable(f"Modbus exception {_exception_name(response)} (function 16, address {address}, "
+                                   f"count {len(words)})")
 
     def _drop(self) -> None:
         client, self._client = self._client, None
@@ -221,6 +244,66 @@ class MeterClient:
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.close()
+
+
+class InverterClient:
+    """A battery inverter on a shared bus: its state of charge and power, and its power setpoint.
+
+    Reads are tried ``retries`` + 1 times like a meter's; a write is tried once (the caller writes
+    again at its next decision, which is what products do with a command that did not go through).
+    """
+
+    def __init__(self, endpoint: MeterEndpoint, bus: MeterBus, retries: int = 1) -> None:
+        self.map: RegisterMap = load_register_map(endpoint.model)
+        missing = [q for q in ("soc", "power_total") if self.map.register(q) is None]
+        missing += [q for q in ("power_setpoint",) if q not in {r.quantity for r in self.map.setpoints}]
+        if missing:
+            raise ValueError(f"register map {self.map.model!r} lacks {', '.join(missing)}: a battery inverter "
+                             "needs them")
+        self.unit_id = endpoint.unit_id
+        self.bus = bus
+        self.retries = retries
+        self._spans = self.map.spans()
+
+    @property
+    def where(self) -> str:
+        return f"{self.map.name} at {self.bus.where} unit {self.unit_id}"
+
+    async def read(self) -> InverterReading:
+        """One plausible reading, or :class:`MeterUnavailable` naming the inverter and the last failure."""
+        failure: MeterUnavailable | None = None
+        for _attempt in range(self.retries + 1):
+            try:
+                words: dict[int, int] = {}
+                for start, count in self._spans:
+                    registers = await self.bus.read(self.map.function_code, start, count, self.unit_id)
+                    words.update(zip(range(start, start + count), registers))
+                values = decode(self.map, words)
+                soc, power_w = values["soc"], values["power_total"]
+                if not (math.isfinite(soc) and 0.0 <= soc <= 1.0):
+                    raise MeterUnavailable(f"implausible: soc = {soc!r}")
+                if not _plausible("power_total", power_w):
+                    raise MeterUnavailable(f"implausible: power_total = {power_w!r}")
+                return InverterReading(soc, power_w)
+            except MeterUnavailable as error:
+                failure = error
+        raise MeterUnavailable(f"{self.where}: {failure}") from failure
+
+    async def write_power_setpoint(self, power_w: float) -> None:
+        """Command the inverter to charge (+) or discharge (−) at ``power_w``; :class:`MeterUnavailable` if refused."""
+        address, words = encode_setpoint(self.map, "power_setpoint", power_w)
+        try:
+            await self.bus.write(address, words, self.unit_id)
+        except MeterUnavailable as error:
+            raise MeterUnavailable(f"{self.where}: {error}") from error
+
+
+def _exception_name(response: object) -> str:
+    code = getattr(response, "exception_code", None)
+    try:
+        return ExcCodes(code).name
+    except ValueError:
+        return str(code)
 
 
 def _require_site_quantities(rmap: RegisterMap) -> None:

@@ -14,8 +14,14 @@ Conventions (Modbus Application Protocol V1.1b3, Modbus over Serial Line V1.02):
   ``"high_first"`` (most significant word at the lowest address) or ``"low_first"``
   (least significant word first, e.g. Carlo Gavazzi "LSW first"); for 64-bit values
   ``"low_first"`` reverses all four words.
-* SI values: V, A, W (import positive), kWh, Hz. ``raw = round(value * scale)`` for integer
-  types; for float32, ``raw = value * scale`` (scale 1 for meters that report SI floats).
+* SI values: V, A, W (import positive), kWh, Hz, and state of charge as a fraction 0..1 (a map
+  states it in "%" or "0.1 %"). ``raw = round(value * scale)`` for integer types; for float32,
+  ``raw = value * scale`` (scale 1 for meters that report SI floats).
+
+A device that takes commands — a battery inverter — also has a ``[setpoints]`` table: holding
+registers a controller writes (function code 16, write multiple registers) and may read back
+(function code 3), e.g. ``power_setpoint`` [W, + charging]. They must not overlap the measurements
+when those are holding registers too.
 
 A map file looks like::
 
@@ -50,9 +56,13 @@ __all__ = [
     "QUANTITIES",
     "Register",
     "RegisterMap",
+    "SETPOINTS",
+    "STORAGE_QUANTITIES",
     "RegisterMapError",
     "decode",
     "encode",
+    "encode_setpoint",
+    "decode_setpoint",
     "load_register_map",
     "meter_models",
 ]
@@ -63,6 +73,11 @@ QUANTITIES = (
     "power_l1", "power_l2", "power_l3", "power_total",
     "import_kwh", "export_kwh", "frequency_hz",
 )
+# What a storage device measures besides what every meter does: its state of charge (0..1).
+STORAGE_QUANTITIES = ("soc",)
+_MEASUREMENTS = QUANTITIES + STORAGE_QUANTITIES
+# What a controller may command (a battery inverter's active power setpoint: + charging, − discharging).
+SETPOINTS = ("power_setpoint",)
 
 WORD_ORDERS = ("high_first", "low_first")
 FUNCTION_CODES = {3: "read holding registers", 4: "read input registers"}
@@ -107,9 +122,9 @@ _TYPES: dict[str, _NumberType] = {
 
 # The unit a quantity is stated in on a data sheet, and what one such unit is in our SI value.
 _BASE_UNITS = {"voltage": ("V", 1.0), "current": ("A", 1.0), "power": ("W", 1.0),
-               "import": ("Wh", 1e-3), "export": ("Wh", 1e-3), "frequency": ("Hz", 1.0)}
+               "import": ("Wh", 1e-3), "export": ("Wh", 1e-3), "frequency": ("Hz", 1.0), "soc": ("%", 1e-2)}
 _PREFIXES = {"": 1.0, "m": 1e-3, "k": 1e3, "M": 1e6}
-_UNIT = re.compile(r"(?:(?P<step>\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*)?(?P<prefix>[mkM]?)(?P<base>V|A|W|Wh|Hz)")
+_UNIT = re.compile(r"(?:(?P<step>\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*)?(?P<prefix>[mkM]?)(?P<base>V|A|W|Wh|Hz|%)")
 
 
 def _unit_size(quantity: str, unit: str) -> float | None:
@@ -138,8 +153,9 @@ class Register:
     unit: str
 
     def __post_init__(self) -> None:
-        if self.quantity not in QUANTITIES:
-            raise RegisterMapError(f"quantity: expected one of {', '.join(QUANTITIES)}, got {self.quantity!r}")
+        if self.quantity not in _MEASUREMENTS and self.quantity not in SETPOINTS:
+            raise RegisterMapError(f"quantity: expected one of {', '.join(_MEASUREMENTS + SETPOINTS)}, "
+                                   f"got {self.quantity!r}")
         if self.type not in _TYPES:
             raise RegisterMapError(f"type: expected one of {', '.join(_TYPES)}, got {self.type!r}")
         last = 0xFFFF - self.words + 1
@@ -180,6 +196,7 @@ class RegisterMap:
     registers: tuple[Register, ...]
     default_unit_id: int = 1
     source: str = ""
+    setpoints: tuple[Register, ...] = ()  # holding registers a controller writes (FC 16)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -193,20 +210,28 @@ class RegisterMap:
         if not self.registers:
             raise RegisterMapError("registers: expected at least one register")
         seen: set[str] = set()
-        for register in self.registers:
-            if register.quantity in seen:
-                raise RegisterMapError(f"registers.{register.quantity}: appears twice")
-            seen.add(register.quantity)
-        ordered = sorted(self.registers, key=lambda register: register.address)
-        for before, after in itertools.pairwise(ordered):
-            if after.address < before.address + before.words:
-                raise RegisterMapError(
-                    f"registers.{after.quantity}: address 0x{after.address:04X} overlaps {before.quantity} "
-                    f"(0x{before.address:04X}..0x{before.address + before.words - 1:04X})")
+        for table, registers, names in (("registers", self.registers, _MEASUREMENTS),
+                                        ("setpoints", self.setpoints, SETPOINTS)):
+            for register in registers:
+                if register.quantity not in names:
+                    raise RegisterMapError(f"{table}.{register.quantity}: expected one of {', '.join(names)}")
+                if register.quantity in seen:
+                    raise RegisterMapError(f"{table}.{register.quantity}: appears twice")
+                seen.add(register.quantity)
+        # Setpoints are holding registers: they share an address space with holding-register measurements.
+        same_table = self.setpoints if self.function_code == 3 else ()
+        for table, registers in (("registers", (*self.registers, *same_table)), ("setpoints", self.setpoints)):
+            ordered = sorted(registers, key=lambda register: register.address)
+            for before, after in itertools.pairwise(ordered):
+                if after.address < before.address + before.words:
+                    where = "setpoints" if after in self.setpoints else table
+                    raise RegisterMapError(
+                        f"{where}.{after.quantity}: address 0x{after.address:04X} overlaps {before.quantity} "
+                        f"(0x{before.address:04X}..0x{before.address + before.words - 1:04X})")
 
     def register(self, quantity: str) -> Register | None:
-        """The register holding ``quantity``, or None when the device does not measure it."""
-        for register in self.registers:
+        """The register holding ``quantity`` (a measurement or a setpoint), or None when the device lacks it."""
+        for register in (*self.registers, *self.setpoints):
             if register.quantity == quantity:
                 return register
         return None
@@ -276,9 +301,9 @@ def encode(rmap: RegisterMap, values: Mapping[str, float], word_order: str | Non
     Integer types clamp to their range and encode NaN as 0; float32 keeps NaN and ±inf and turns
     finite values beyond its range into ±inf. Raises ValueError for a name not in QUANTITIES.
     """
-    unknown = set(values).difference(QUANTITIES)
+    unknown = set(values).difference(_MEASUREMENTS)
     if unknown:
-        raise ValueError(f"unknown quantities {sorted(unknown)}; expected names from QUANTITIES")
+        raise ValueError(f"unknown quantities {sorted(unknown)}; expected names from QUANTITIES or STORAGE_QUANTITIES")
     low_first = _check_word_order(word_order or rmap.word_order, "word_order") == "low_first"
     words: dict[int, int] = {}
     for register in rmap.registers:
@@ -296,20 +321,49 @@ def decode(rmap: RegisterMap, words: Mapping[int, int], word_order: str | None =
     low_first = _check_word_order(word_order or rmap.word_order, "word_order") == "low_first"
     values: dict[str, float] = {}
     for register in rmap.registers:
-        try:
-            raw = [words[register.address + offset] for offset in range(register.words)]
-        except KeyError:
-            continue
-        if low_first:
-            raw.reverse()
-        number = _TYPES[register.type]
-        try:
-            (value,) = number.codec.unpack(number.words.pack(*raw))
-        except struct.error:
-            raise ValueError(
-                f"{register.quantity} at 0x{register.address:04X}: words {raw} are not all 0..0xFFFF") from None
-        values[register.quantity] = value / register.scale
+        value = _decode_register(register, words, low_first)
+        if value is not None:
+            values[register.quantity] = value
     return values
+
+
+def _decode_register(register: Register, words: Mapping[int, int], low_first: bool) -> float | None:
+    try:
+        raw = [words[register.address + offset] for offset in range(register.words)]
+    except KeyError:
+        return None
+    if low_first:
+        raw.reverse()
+    number = _TYPES[register.type]
+    try:
+        (value,) = number.codec.unpack(number.words.pack(*raw))
+    except struct.error:
+        raise ValueError(
+            f"{register.quantity} at 0x{register.address:04X}: words {raw} are not all 0..0xFFFF") from None
+    return value / register.scale
+
+
+def encode_setpoint(rmap: RegisterMap, quantity: str, value: float) -> tuple[int, list[int]]:
+    """``(address, words)`` that write ``value`` (SI) to the setpoint ``quantity`` in the map's word order.
+
+    Raises ValueError when the map has no such setpoint.
+    """
+    register = next((r for r in rmap.setpoints if r.quantity == quantity), None)
+    if register is None:
+        raise ValueError(f"{rmap.name} has no setpoint {quantity!r} (setpoints: "
+                         f"{', '.join(r.quantity for r in rmap.setpoints) or 'none'})")
+    raw = list(_raw_words(register, value))
+    if rmap.word_order == "low_first":
+        raw.reverse()
+    return register.address, raw
+
+
+def decode_setpoint(rmap: RegisterMap, quantity: str, words: Mapping[int, int]) -> float | None:
+    """The SI value of the setpoint ``quantity`` from ``words`` (address → word), None if not all present."""
+    register = next((r for r in rmap.setpoints if r.quantity == quantity), None)
+    if register is None:
+        return None
+    return _decode_register(register, words, rmap.word_order == "low_first")
 
 
 # --------------------------------------------------------------------------- #
@@ -317,7 +371,7 @@ def decode(rmap: RegisterMap, words: Mapping[int, int], word_order: str | None =
 # --------------------------------------------------------------------------- #
 
 _REQUIRED = {"name": str, "function_code": int, "word_order": str, "registers": dict}
-_OPTIONAL = {"default_unit_id": int, "source": str}
+_OPTIONAL = {"default_unit_id": int, "source": str, "setpoints": dict}
 _REGISTER_FIELDS = {"address": int, "type": str, "scale": (int, float), "unit": str}
 _KIND = {str: "a string", int: "an integer", dict: "a table", (int, float): "a number"}
 
@@ -348,12 +402,12 @@ def _check_fields(table: dict[str, Any], known: Mapping[str, Any], where: str) -
             raise RegisterMapError(f"{where}{field}: unknown field, expected one of {', '.join(known)}")
 
 
-def _register(quantity: str, entry: Any) -> Register:
-    where = f"registers.{quantity}."
-    if quantity not in QUANTITIES:
-        raise RegisterMapError(f"registers.{quantity}: unknown quantity, expected one of {', '.join(QUANTITIES)}")
+def _register(quantity: str, entry: Any, table: str = "registers", names: tuple[str, ...] = _MEASUREMENTS) -> Register:
+    where = f"{table}.{quantity}."
+    if quantity not in names:
+        raise RegisterMapError(f"{table}.{quantity}: unknown quantity, expected one of {', '.join(names)}")
     if not isinstance(entry, dict):
-        raise RegisterMapError(f"registers.{quantity}: expected a table {{ address, type, scale, unit }}")
+        raise RegisterMapError(f"{table}.{quantity}: expected a table {{ address, type, scale, unit }}")
     _check_fields(entry, _REGISTER_FIELDS, where)
     fields = {field: _take(entry, field, kind, where, required=True) for field, kind in _REGISTER_FIELDS.items()}
     fields["scale"] = float(fields["scale"])
@@ -375,7 +429,10 @@ def _parse(model: str, text: str) -> RegisterMap:
         if value is not None:
             fields[field] = value
     registers = tuple(_register(quantity, entry) for quantity, entry in fields.pop("registers").items())
-    return RegisterMap(model=model, registers=tuple(sorted(registers, key=lambda r: r.address)), **fields)
+    setpoints = tuple(_register(quantity, entry, "setpoints", SETPOINTS)
+                      for quantity, entry in fields.pop("setpoints", {}).items())
+    return RegisterMap(model=model, registers=tuple(sorted(registers, key=lambda r: r.address)),
+                       setpoints=setpoints, **fields)
 
 
 def load_register_map(model_or_path: str | os.PathLike[str]) -> RegisterMap:

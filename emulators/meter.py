@@ -17,6 +17,10 @@ What a device answers (Modbus Application Protocol V1.1b3 §7; Modbus over Seria
 * measurements only on the map's function code (3 holding or 4 input registers); any other
   function — another read, any write — gets ILLEGAL_FUNCTION, as a real meter keeps its
   configuration, not its measurements, in the other table;
+* a device whose map has setpoints (a battery inverter) takes writes (function 6 or 16) of exactly
+  one whole setpoint register — anything else written gets ILLEGAL_ADDRESS, a value that decodes
+  to NaN or infinity ILLEGAL_VALUE — and holds the value (:meth:`MeterServer.setpoint`) until the
+  next write; the bench's plant reads it from there, as the inverter's firmware would;
 * reads inside the map's address range, from its first register to the end of its last, are
   served; words the map does not name read 0 (a real device has other quantities there, so a
   controller reading a block across them must not fail); reads outside get ILLEGAL_ADDRESS;
@@ -45,7 +49,7 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
-from controllers.register_map import RegisterMap, encode, load_register_map
+from controllers.register_map import RegisterMap, decode_setpoint, encode, encode_setpoint, load_register_map
 
 __all__ = [
     "FAULTS",
@@ -78,6 +82,7 @@ class MeterReading:
     import_kwh: float
     export_kwh: float = 0.0
     frequency_hz: float = 50.0
+    soc: float | None = None  # [0..1] a storage device's state of charge; None for a meter
 
     def __post_init__(self) -> None:
         for name in ("voltages_v", "currents_a", "power_w"):
@@ -91,14 +96,17 @@ class MeterReading:
         return float(sum(self.power_w))
 
     def quantities(self) -> dict[str, float]:
-        """The reading by :data:`controllers.register_map.QUANTITIES` name, in SI units."""
+        """The reading by :data:`controllers.register_map.QUANTITIES` name (and ``soc`` when set), in SI units."""
         (v1, v2, v3), (i1, i2, i3), (p1, p2, p3) = self.voltages_v, self.currents_a, self.power_w
-        return {
+        values = {
             "voltage_l1": v1, "voltage_l2": v2, "voltage_l3": v3,
             "current_l1": i1, "current_l2": i2, "current_l3": i3,
             "power_l1": p1, "power_l2": p2, "power_l3": p3, "power_total": self.total_power_w,
             "import_kwh": self.import_kwh, "export_kwh": self.export_kwh, "frequency_hz": self.frequency_hz,
         }  # fmt: skip
+        if self.soc is not None:
+            values["soc"] = self.soc
+        return values
 
 
 @dataclass(frozen=True)
@@ -203,7 +211,9 @@ class MeterModel:
 # --------------------------------------------------------------------------- #
 
 FAULTS = ("unreachable", "frozen", "garbage", "word_order", "slow")
-OUTCOMES = ("ok", "frozen", "garbage", "word_order", "slow", "illegal_function", "illegal_address", "no_device")
+OUTCOMES = ("ok", "frozen", "garbage", "word_order", "slow", "written", "illegal_function", "illegal_address",
+            "illegal_value", "no_device")
+_WRITE_FUNCTIONS = (6, 16)  # write single register, write multiple registers
 
 _log = logging.getLogger("evbench.meter")
 # The server's side of a fault (dropped clients, late answers) is what the bench does on purpose.
@@ -219,7 +229,7 @@ class ReadEvent:
     """One request a meter server received, and what it did with it.
 
     ``outcome`` is one of :data:`OUTCOMES`: ``ok`` or the unit's fault when values were served,
-    else the refusal (``no_device``: the unit is absent or unreachable, so nothing answered or a
+    ``written`` when a setpoint was taken, else the refusal (``no_device``: the unit is absent or unreachable, so nothing answered or a
     gateway said so). ``values_at`` is the event-loop time of the :meth:`MeterServer.update` whose
     values were served — its age is how stale the reader's data is — or None when no published
     values were served (a refusal, garbage, or nothing published yet).
@@ -234,13 +244,15 @@ class ReadEvent:
 
 
 class _Meter:
-    """One device on the bus: its map, the values it last published, its fault."""
+    """One device on the bus: its map, the values it last published, its setpoints, its fault."""
 
     def __init__(self, unit: int, rmap: RegisterMap) -> None:
         self.unit = unit
         self.map = rmap
-        self.first = min(register.address for register in rmap.registers)
-        self.end = max(register.address + register.words for register in rmap.registers)
+        served = (*rmap.registers, *rmap.setpoints)
+        self.first = min(register.address for register in served)
+        self.end = max(register.address + register.words for register in served)
+        self.setpoints: dict[str, float] = {register.quantity: 0.0 for register in rmap.setpoints}
         self.reading: MeterReading | None = None
         self.published_at: float | None = None
         self.words = self.encode({})
@@ -250,7 +262,22 @@ class _Meter:
     def encode(self, values: Mapping[str, float], word_order: str | None = None) -> list[int]:
         """The words of the whole range ``first..end``, 0 where the map names nothing."""
         by_address = encode(self.map, values, word_order)
+        for quantity, value in self.setpoints.items():
+            address, words = encode_setpoint(self.map, quantity, value)
+            by_address.update(zip(range(address, address + len(words)), words))
         return [by_address.get(address, 0) for address in range(self.first, self.end)]
+
+    def take_setpoint(self, address: int, words: list[int]) -> str:
+        """A write of ``words`` at ``address``: the outcome, and the setpoint held when it is ``written``."""
+        register = next((r for r in self.map.setpoints if r.address == address and r.words == len(words)), None)
+        if register is None:
+            return "illegal_address"
+        value = decode_setpoint(self.map, register.quantity, dict(zip(range(address, address + len(words)), words)))
+        if value is None or not math.isfinite(value):
+            return "illegal_value"
+        self.setpoints[register.quantity] = value
+        self.words = self.encode({} if self.reading is None else self.reading.quantities())
+        return "written"
 
     def swapped_words(self, address: int, count: int) -> list[int]:
         """The published values with the word order reversed (the "word_order" fault)."""
@@ -292,10 +319,12 @@ class _Bus:
 
     async def async_setValues(self, device_id: int, func_code: int, address: int,
                               values: list[int] | list[bool]) -> ExcCodes | None:
-        """A write request: meters serve measurements, so every write is refused."""
-        refusal = await self._owner._answer(device_id, func_code, address, len(values), write=True)
-        assert isinstance(refusal, ExcCodes)
-        return refusal
+        """A write request: refused, unless it sets a device's setpoint (then stored like published words)."""
+        refusal = await self._owner._write(device_id, func_code, address, [int(v) for v in values])
+        if refusal is not None:
+            return refusal
+        meter = self._owner._meters[device_id]
+        return await self.store.async_setValues(device_id, meter.map.function_code, meter.first, meter.words)
 
     async def async_getValues(self, device_id: int, func_code: int, address: int,
                               count: int = 1) -> list[int] | list[bool] | ExcCodes:
@@ -499,6 +528,25 @@ class MeterServer:
             outcome, values_at, answer = meter.fault or "ok", meter.published_at, None
         self._report(unit, function_code, address, count, outcome, values_at)
         return answer
+
+    async def _write(self, unit: int, function_code: int, address: int, words: list[int]) -> ExcCodes | None:
+        """Decide a write's fate and report it: None when a setpoint was taken, else the exception code."""
+        meter = self._meters.get(unit)
+        if meter is None or meter.fault == "unreachable" or not meter.setpoints or function_code not in _WRITE_FUNCTIONS:
+            answer = await self._answer(unit, function_code, address, len(words), write=True)
+            assert isinstance(answer, ExcCodes)
+            return answer
+        outcome = meter.take_setpoint(address, words)
+        self._report(unit, function_code, address, len(words), outcome, None)
+        return {"written": None, "illegal_address": ExcCodes.ILLEGAL_ADDRESS,
+                "illegal_value": ExcCodes.ILLEGAL_VALUE}[outcome]
+
+    def setpoint(self, unit: int, quantity: str = "power_setpoint") -> float:
+        """The value a device holds for one of its setpoints (0 until a controller writes one)."""
+        meter = self._meter(unit)
+        if quantity not in meter.setpoints:
+            raise ValueError(f"unit {unit} ({meter.map.name}) has no setpoint {quantity!r}")
+        return meter.setpoints[quantity]
 
     def _answer_delay(self, unit: int) -> float:
         """[s] how long a unit's answers are held back (see :class:`_MeterRequestHandler`)."""

@@ -53,8 +53,8 @@ def only(trace, check_id):
 
 def test_catalogue_order_and_unknown_ids():
     assert list(CHECKS) == ["SITE-LIMIT", "BREAKER", "STATION-LIMIT", "MAX-PROFILE-SUM", "MIN-CURRENT",
-                            "PROFILE-VALID", "TX-PROFILE-SCOPE", "PROFILE-UPDATE", "NEEDS-ANSWERED",
-                            "OSCILLATION", "OFFLINE-SAFE"]
+                            "PROFILE-VALID", "TX-PROFILE-SCOPE", "PROFILE-UPDATE", "REALLOCATE", "NEEDS-ANSWERED",
+                            "DR-RESPONSE", "OSCILLATION", "OFFLINE-SAFE"]
     with pytest.raises(KeyError, match="known: SITE-LIMIT"):
         run_checks(None, ["SITE-LIMIT", "NOPE"])
 
@@ -282,7 +282,8 @@ def test_energy_metrics(tmp_path):
     assert m == {"energy_delivered_kwh": 22.25, "energy_requested_kwh": 35.0,
                  "energy_deliverable_kwh": 20.0, "peak_site_current_a": 0.0,
                  "site_limit_at_peak_a": None, "peak_15min_kw": 0.0, "breaker_trips": 1,
-                 "vehicles_short": 1, "messages": 1}
+                 "vehicles_short": 1, "messages": 1,
+                 "fairness_jain": 0.598}  # Jain over 9.8/20, 9.95/10 and 0/5 of the requested energy
 
 
 def test_energy_from_samples_when_no_vehicle_rows(tmp_path):

@@ -24,6 +24,7 @@ from virtual_time import virtual
 
 from controllers.register_map import (
     QUANTITIES,
+    STORAGE_QUANTITIES,
     Register,
     RegisterMap,
     load_register_map,
@@ -47,6 +48,7 @@ READING = MeterReading(
     import_kwh=12345.67,
     export_kwh=6.75,
     frequency_hz=49.97,
+    soc=0.634,  # read only from a storage device's map (battery_inverter)
 )
 TRUTH = READING.quantities()
 
@@ -112,7 +114,7 @@ def tcp_client(port: int, timeout_s: float = 1.0) -> AsyncModbusTcpClient:
 
 
 def test_reading_names_every_quantity_in_si_units():
-    assert set(TRUTH) == set(QUANTITIES)
+    assert set(TRUTH) == set(QUANTITIES + STORAGE_QUANTITIES)
     assert (TRUTH["voltage_l2"], TRUTH["current_l1"], TRUTH["power_l3"]) == (231.2, 16.02, -57.5)
     assert TRUTH["power_total"] == pytest.approx(3680.4 + 3580.5 - 57.5)
     assert (TRUTH["import_kwh"], TRUTH["export_kwh"], TRUTH["frequency_hz"]) == (12345.67, 6.75, 49.97)

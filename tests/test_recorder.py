@@ -213,13 +213,29 @@ def test_a_format_1_trace_reads_back_without_meter_reads(tmp_path):
         rec.site(0.0, (1.0, 1.0, 1.0), 80.0, 690.0, 0.0, True)
         rec.meter_read(0.5, 1, 4, 0, 80, "ok", 0.0)
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     db.execute("DROP TABLE meter_reads")  # what format 1 wrote
+    db.execute("DROP TABLE plant_samples")
     db.execute("PRAGMA user_version=1")
     db.commit()
     db.close()
     trace = load_trace(path)
     assert trace.meter_reads == [] and len(trace.site) == 1
+
+
+def test_plant_samples_read_back_and_a_format_2_trace_has_none(tmp_path):
+    path = tmp_path / "plant.db"
+    with Recorder(path, META) as rec:
+        rec.site(0.0, (1.0, 1.0, 1.0), 80.0, 690.0, 0.0, True)
+        rec.plant(0.0, 5000.0, -2000.0, 0.5)
+        rec.plant(1.0, 5100.0, 0.0, None)
+    assert load_trace(path).plant == [(0.0, 5000.0, -2000.0, 0.5), (1.0, 5100.0, 0.0, None)]
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE plant_samples")  # what format 2 wrote
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    assert load_trace(path).plant == []
 
 
 def test_a_newer_format_is_refused(tmp_path):

@@ -88,8 +88,8 @@ def uncontrolled_peak_a(scenario: Scenario) -> float:
 
 
 def test_bundled_names():
-    assert bundled_scenarios() == ["depot-iso15118", "meter-faults", "panel-200a", "slow-meter", "small-office",
-                                   "workplace"]
+    assert bundled_scenarios() == ["campus-200", "depot-50-bus", "depot-iso15118", "meter-faults", "panel-200a",
+                                   "slow-meter", "small-office", "workplace"]
 
 
 @pytest.mark.parametrize("name", ["panel-200a", "small-office", "workplace"])  # depot: see below
