@@ -12,7 +12,9 @@ This module owns, for one station:
 * the limit they impose: the composite per-phase current of a connector (1.6) or EVSE (2.0.1) at an instant
   (:meth:`ProfileEngine.limit_a`), the station-wide bound on all of them together
   (:meth:`ProfileEngine.max_profile_limit_a`) and the schedule answered to GetCompositeSchedule
-  (:meth:`ProfileEngine.composite_schedule`).
+  (:meth:`ProfileEngine.composite_schedule`);
+* how long that limit holds (:func:`_steady_span`): the engine answers the per-second question from a cache until the
+  next period start, validity bound or recurrence, or until a profile changes.
 
 One engine serves both versions (DESIGN.md: "one profile engine, two thin protocol adapters"): ``version`` picks the
 purposes and the installation rules; the stacking and combining are the same. In 2.0.1 a "connector" is an EVSE and
@@ -571,6 +573,67 @@ def _change_instants(profile: ChargingProfile, start: float, end: float, tx_star
     return [b for b in out if start < b < end]
 
 
+# _period_in_force compares the rounded difference t - start with whole-second offsets, so right at a boundary
+# "start + offset" the comparison may fall on either side of it. A span computed here therefore stops this far
+# (relative to the magnitudes involved) short of every boundary derived by arithmetic, and the instants in between are
+# answered without the cache. Rounding errs by a few units in the last place (2**-52 ~ 2.2e-16 relative): 1e-12 is a
+# margin of thousands. validFrom, validTo and the schedule start itself compare exactly, so they get none.
+_BOUNDARY_SLACK = 1e-12
+
+
+def _slack(boundary: float, origin: float) -> float:
+    return _BOUNDARY_SLACK * (1.0 + abs(boundary) + abs(origin))
+
+
+def _steady_span(profile: ChargingProfile, t: float, tx_start: float | None) -> tuple[float, float]:
+    """A span [since, until) of time in which :func:`_period_in_force` of ``profile`` (with ``tx_start``) gives one
+    answer throughout; it contains ``t`` unless ``t`` lies within rounding distance of a boundary (the caller checks).
+
+    Boundaries: validFrom and validTo (§7.8), the schedule start (Absolute: startSchedule; Relative: the transaction
+    start; Recurring: each recurrence, §7.26), every later startPeriod (§7.14) and the end of ``duration`` (§7.13).
+    """
+    since, until = -math.inf, math.inf
+    if profile.valid_from is not None:
+        if t < profile.valid_from:
+            return since, profile.valid_from
+        since = profile.valid_from
+    if profile.valid_to is not None:
+        if t >= profile.valid_to:
+            return profile.valid_to, until
+        until = profile.valid_to
+    sched = profile.schedule
+    if profile.kind == "Relative":
+        if tx_start is None:
+            return since, until
+        origin = tx_start
+    else:
+        origin = sched.start_schedule  # type: ignore[assignment]  # parse_profile / K01.FR.40 guarantee it
+    if t < origin:  # the sign of t - origin is exact, so this boundary is too
+        return since, min(until, origin)
+    offsets = [p.start_period_s for p in sched.periods[1:]]
+    if sched.duration_s is not None:
+        offsets.append(sched.duration_s)
+    start, cycle = origin, math.inf
+    if profile.kind == "Recurring":
+        cycle = RECURRENCE_S[profile.recurrency_kind]  # type: ignore[index]
+        start = origin + math.floor((t - origin) / cycle) * cycle  # the recurrence in force, up to rounding
+        offsets = [o for o in offsets if o < cycle]
+        offsets.append(cycle)
+    elapsed = t - start
+    if not 0 <= elapsed < cycle:
+        return t, t  # t is within rounding distance of a recurrence: no span worth trusting
+    before, after = 0, math.inf
+    for offset in offsets:
+        if offset <= elapsed:
+            before = max(before, offset)
+        elif offset < after:
+            after = offset
+    since = max(since, start + before + _slack(start + before, origin))
+    if after != math.inf:
+        until = min(until, start + after - _slack(start + after, origin))
+    return since, until
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The engine
 # --------------------------------------------------------------------------------------------------------------------
@@ -643,6 +706,8 @@ class ProfileEngine:
         # _stacks[connector][slot] -> profiles sorted by stackLevel, highest first. Rebuilt on every change (rare) so
         # that the per-second path (limit_a) only walks ready-made tuples.
         self._stacks: list[list[_Stack]] = []
+        # connector -> (since, until, tx_start, phases, limit): limit_a's answer and the span it holds for.
+        self._cache: dict[int, tuple[float, float, float | None, int | None, float | None]] = {}
         self._rebuild()
 
     # -- installing and removing --------------------------------------------------------------------------------
@@ -850,7 +915,26 @@ class ProfileEngine:
         2.0.1 also min with the ChargingStationExternalConstraints on the EVSE and on EVSE 0. For ``connector_id`` 0
         this is the max profile (and EVSE 0's external constraints) alone. The max profile bounds all connectors
         together; here it bounds one connector as well, since one cannot draw more than all.
+
+        The answer is remembered per connector with the span of time it holds for (until the next period start,
+        validity bound or recurrence of any profile it depends on), so a station asking every second costs a lookup;
+        a call with another ``tx_start`` or ``phases``, or any profile change, computes it afresh.
         """
+        cached = self._cache.get(connector_id)
+        if cached is not None:
+            since, until, cached_tx_start, cached_phases, limit = cached
+            if since <= now < until and cached_tx_start == tx_start and cached_phases == phases:
+                return limit
+        limit = self._composite_limit_a(connector_id, now, tx_start, phases)
+        since, until = self._limit_span(connector_id, now, tx_start)
+        if since <= now < until:
+            self._cache[connector_id] = (since, until, tx_start, phases, limit)
+        return limit
+
+    def _composite_limit_a(
+        self, connector_id: int, now: float, tx_start: float | None, phases: int | None
+    ) -> float | None:
+        """:meth:`limit_a` computed from the stacks, without the cache."""
         stacks = self._stacks[connector_id] if 0 <= connector_id <= self.connectors else self._bad(connector_id)
         station = self._stacks[0]
         limit = self._stack_limit(station[_MAX_SLOT], now, None, phases)
@@ -865,6 +949,29 @@ class ProfileEngine:
             if tx is None:
                 tx = self._stack_limit(station[_DEFAULT_SLOT], now, tx_start, phases)
         return _lower(limit, tx)
+
+    def _limit_span(self, connector_id: int, now: float, tx_start: float | None) -> tuple[float, float]:
+        """A span [since, until) in which :meth:`_composite_limit_a` of ``connector_id`` stays what it is at ``now``
+        (it may miss ``now`` itself when that lies on a boundary): the intersection of the steady spans of every
+        profile it reads, in each stack down to the first one in force (those below it are not read)."""
+        station = self._stacks[0]
+        read: list[tuple[_Stack, float | None]] = [(station[_MAX_SLOT], None)]
+        if connector_id == 0:
+            read.append((station[_EXTERNAL_SLOT], None))
+        else:
+            own = self._stacks[connector_id]
+            read.extend((stack, tx_start) for stack in (station[_EXTERNAL_SLOT], own[_EXTERNAL_SLOT],
+                                                        own[_DEFAULT_SLOT], station[_DEFAULT_SLOT]))
+            if tx_start is not None:
+                read.append((own[_TX_SLOT], tx_start))
+        since, until = -math.inf, math.inf
+        for stack, start in read:
+            for profile in stack:
+                low, high = _steady_span(profile, now, start)
+                since, until = max(since, low), min(until, high)
+                if _period_in_force(profile, now, start) is not None:
+                    break
+        return since, until
 
     def max_profile_limit_a(self, now: float, phases: int | None = None) -> float | None:
         """The station-wide limit at ``now`` [A per phase] on ALL connectors together — 1.6: the ChargePointMaxProfile
@@ -1063,6 +1170,7 @@ class ProfileEngine:
         self._stacks = [
             [tuple(sorted(s, key=lambda p: p.stack_level, reverse=True)) for s in purposes] for purposes in stacks
         ]
+        self._cache.clear()
 
     def _bad(self, connector_id: int):
         raise ValueError(f"connector_id: expected 0..{self.connectors}, got {connector_id}")

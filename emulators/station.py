@@ -62,6 +62,9 @@ class StationModel:
     version: str = "1.6"  # the OCPP version whose profile rules the engine applies: "1.6" or "2.0.1"
     # The station-wide limit on all connectors together [A per phase] at the latest step; None = none.
     station_limit_a: float | None = field(init=False, default=None)
+    # [s] the station's clock minus the bench's: set when the station takes its CSMS's time (StationClock).
+    # Profiles are in the station's time, so the plant evaluates them there.
+    clock_offset_s: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         self.engine = ProfileEngine(
@@ -99,22 +102,28 @@ class StationModel:
     # -- physics ----------------------------------------------------------------------------------
 
     def step(self, epoch: float, now_s: float, dt_s: float, supplied: bool) -> tuple[float, float, float]:
-        """Advance every connector by ``dt_s``; return the station's per-phase currents (its own L1–L3)."""
+        """Advance every connector by ``dt_s``; return the station's per-phase currents (its own L1–L3).
+
+        The hot path of a run (every station, every step): the profile engine answers from its cache, and what
+        does not change during the step is read once."""
+        epoch += self.clock_offset_s
         max_share_a = self._max_profile_share_a(epoch)
+        limit_of = self.engine.limit_a
+        phases, max_current_a, voltage_v = self.phases, self.max_current_a, self.voltage_v
         l1 = l2 = l3 = 0.0
         for port in self.ports.values():
-            limit_a = self.engine.limit_a(port.id, epoch, port.tx_start_epoch, self.phases)
+            limit_a = limit_of(port.id, epoch, port.tx_start_epoch, phases)
             port.limit_a = limit_a
+            ev = port.ev
             offered = 0.0
-            if port.charging_allowed and supplied:
-                offered = self.max_current_a
+            if supplied and ev is not None and port.transaction_id is not None:  # Connector.charging_allowed
+                offered = max_current_a
                 if limit_a is not None and limit_a < offered:
                     offered = limit_a
                 if max_share_a is not None and max_share_a < offered:
                     offered = max_share_a
                 if offered < 0.0:
                     offered = 0.0
-            ev = port.ev
             if ev is None:
                 continue
             if offered != port.offered_a:
@@ -125,7 +134,7 @@ class StationModel:
             three_phase = ev.spec.phases == 3
             port.currents_a = (current, current, current) if three_phase else (current, 0.0, 0.0)
             n_phases = 3 if three_phase else 1
-            port.meter_wh += current * self.voltage_v * n_phases * dt_s / 3600.0
+            port.meter_wh += current * voltage_v * n_phases * dt_s / 3600.0
             l1 += current
             if three_phase:
                 l2 += current
