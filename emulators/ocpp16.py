@@ -46,7 +46,7 @@ from bench.clock import SimClock
 from controllers import ocpp_fastpath
 from emulators.profiles import ProfileError, parse_profile
 from emulators.station import StationModel
-from emulators.station_link import Record, RecordingSocket, Report, StationLink
+from emulators.station_link import Record, RecordingSocket, Report, StationClock, StationLink
 
 ocpp_fastpath.install()
 logging.getLogger("ocpp").setLevel(logging.CRITICAL)
@@ -231,7 +231,7 @@ class Station16(StationLink):
                  vendor: str = "evbench", product: str = "virtual-ac") -> None:
         super().__init__(model.id, url, record, report)
         self.model = model
-        self.clock = clock
+        self.clock = StationClock(clock)
         self.vendor, self.product = vendor, product
         self.config = _Configuration(model, meter_value_interval_s, heartbeat_interval_s)
         self.link: _Link | None = None
@@ -267,6 +267,7 @@ class Station16(StationLink):
             response = await link.call(call.BootNotification(charge_point_model=self.product,
                                                              charge_point_vendor=self.vendor))
             if response is not None and response.status == RegistrationStatus.accepted:
+                self._set_clock(response.current_time)
                 if response.interval > 0:
                     self.config.values["HeartbeatInterval"] = str(int(response.interval))
                 return True

@@ -52,7 +52,7 @@ from emulators.profiles import (
     profile_to_json_201,
 )
 from emulators.station import Connector, StationModel
-from emulators.station_link import Record, RecordingSocket, Report, StationLink
+from emulators.station_link import Record, RecordingSocket, Report, StationClock, StationLink
 
 ocpp_fastpath.install()
 logging.getLogger("ocpp").setLevel(logging.CRITICAL)
@@ -395,7 +395,7 @@ class Station201(StationLink):
             raise ValueError(f"Station201 needs a StationModel built with version='2.0.1', got {model.engine.version}")
         super().__init__(model.id, url, record, report)
         self.model = model
-        self.clock = clock
+        self.clock = StationClock(clock)
         self.vendor, self.product = vendor, product
         self.variables = _DeviceModel(model, meter_value_interval_s, heartbeat_interval_s)
         self.link: _Link | None = None
@@ -447,6 +447,7 @@ class Station201(StationLink):
             response = await link.call(call.BootNotification(
                 charging_station={"model": self.product, "vendor_name": self.vendor}, reason=self._boot_reason))
             if response is not None and response.status == "Accepted":
+                self._set_clock(response.current_time)
                 if response.interval > 0:
                     self.variables.put(HEARTBEAT_INTERVAL, str(int(response.interval)))
                 self._boot_reason = "PowerUp"

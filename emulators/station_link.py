@@ -6,19 +6,67 @@ is the connection lifecycle of one emulated station — connect to ``url/<statio
 adapter's subprotocol, run the adapter's session, reconnect with exponential backoff, or stay offline while the bench holds the link down — which
 :mod:`emulators.ocpp16` and :mod:`emulators.ocpp201` build on. ``Record`` and ``Report`` are the
 shapes of the two callables the runner gives a station: one for frames, one for events.
+:class:`StationClock` is the station's own clock: the bench's, set to the CSMS's time when a boot is accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import websockets
+
+from bench.clock import SimClock, iso_z
 
 Record = Callable[[str, str], None]  # (direction "to_station" | "from_station", raw frame)
 Report = Callable[[str, dict], None]  # (event kind, detail)
 
 _MAX_BACKOFF_S = 30.0
+
+
+#: [s] A CSMS time this far from the station's is adopted; closer, it is jitter (or the same clock, in-process).
+CLOCK_SYNC_THRESHOLD_S = 2.0
+
+
+class StationClock:
+    """The station's clock: the bench's simulated time plus the offset to its CSMS's clock.
+
+    Stations set their clock from BootNotification's ``currentTime`` (1.6 §6.4, 2.0.1 B01) — so profiles a CSMS
+    schedules in its own time (``startSchedule`` = its "now") take effect when it means them to, whether the CSMS
+    runs on this bench's calendar (in-process), on the real date (a product by URL) or on a scaled clock of its
+    own (``evbench serve --speed``). Durations are the bench's; only the origin moves.
+    """
+
+    def __init__(self, clock: SimClock) -> None:
+        self._clock = clock
+        self.offset_s = 0.0
+
+    @property
+    def start_epoch(self) -> float:
+        return self._clock.start_epoch + self.offset_s
+
+    def now_s(self) -> float:
+        return self._clock.now_s()
+
+    def epoch(self) -> float:
+        return self._clock.epoch() + self.offset_s
+
+    def iso(self, epoch: float | None = None) -> str:
+        return iso_z(self.epoch() if epoch is None else epoch)
+
+    def sync(self, current_time: str | None) -> float | None:
+        """Adopt the CSMS's ``currentTime`` when it differs by more than the threshold; the new offset, or None."""
+        try:
+            when = datetime.fromisoformat(str(current_time))
+        except ValueError:
+            return None  # an unreadable time is the CSMS's finding (schema check), not a reason to jump
+        theirs = (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()  # OCPP times are UTC
+        if abs(theirs - self.epoch()) <= CLOCK_SYNC_THRESHOLD_S:
+            return None
+        self.offset_s = theirs - self._clock.epoch()
+        return self.offset_s
 
 
 class RecordingSocket:
@@ -61,6 +109,16 @@ class StationLink:
         self._stopping = False
         self._link_allowed = asyncio.Event()
         self._link_allowed.set()
+
+    clock: StationClock
+    model: Any  # the adapter's StationModel
+
+    def _set_clock(self, current_time: str | None) -> None:
+        """A boot was accepted: take the CSMS's time if ours is off, the plant's profile clock with it."""
+        offset = self.clock.sync(current_time)
+        if offset is not None:
+            self.model.clock_offset_s = offset
+            self.report("station_clock_set", {"offset_s": round(offset, 3), "csms_time": current_time})
 
     async def run(self) -> None:
         """Stay connected until :meth:`stop`; reconnect with exponential backoff."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Callable
+from unittest.mock import ANY
 
 import pytest
 import websockets
@@ -29,6 +30,7 @@ from bench.clock import SimClock, iso_z
 from emulators.ev import EV, EVSpec
 from emulators.ocpp16 import Station16
 from emulators.station import StationModel
+from emulators.station_link import CLOCK_SYNC_THRESHOLD_S
 from virtual_time import Tap, Watch, virtual
 
 START_EPOCH = 1_718_000_000.0  # 2024-06-10T06:13:20Z, a whole second
@@ -55,9 +57,9 @@ class Csms(ChargePoint):
     def on_boot(self, **payload: Any):
         self._got("BootNotification", payload)
         if self.server.boot_answers:  # e.g. Pending first, to test the retry
-            return call_result.BootNotification(current_time=iso_z(time.time()), interval=20,
+            return call_result.BootNotification(current_time=self.server.now_iso(), interval=20,
                                                 status=self.server.boot_answers.pop(0))
-        return call_result.BootNotification(current_time=iso_z(time.time()), interval=300,
+        return call_result.BootNotification(current_time=self.server.now_iso(), interval=300,
                                             status=RegistrationStatus.accepted)
 
     @on(Action.status_notification)
@@ -107,7 +109,7 @@ class Csms(ChargePoint):
     @on(Action.heartbeat)
     def on_heartbeat(self, **payload: Any):
         self._got("Heartbeat", payload)
-        return call_result.Heartbeat(current_time=iso_z(time.time()))
+        return call_result.Heartbeat(current_time=self.server.now_iso())
 
     async def raw_call(self, frame: list | str, timeout_s: float = 30.0) -> Any:
         """Send a CALL exactly as given (no schema check on our side); return the CallResult or CallError."""
@@ -128,12 +130,16 @@ class CsmsServer:
         self.transaction_ids = itertools.count(501)
         self.invalid_tags: set[str] = set()
         self.boot_answers: list[str] = []
+        self.clock: SimClock | None = None  # the station's clock: its currentTime is ours, as on a synced site
         # (connector_id, transaction_id) -> raw frame sent immediately after the StartTransaction.conf
         self.chase_start_conf: Callable[[int, int], str] | None = None
         self.cp: Csms | None = None
         self.ws: Any = None
         self.connections = 0
         self._server: Any = None
+
+    def now_iso(self) -> str:
+        return iso_z(self.clock.epoch() if self.clock is not None else time.time())
 
     async def start(self) -> str:
         self._server = await websockets.serve(self._handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"])
@@ -193,13 +199,15 @@ class Rig:
 
 @asynccontextmanager
 async def rig(connectors: int = 1, meter_value_interval_s: float = 60.0, heartbeat_interval_s: float = 300.0,
-              boot_answers: tuple[str, ...] = ()):
-    """A CSMS server and one Station16 connected to it; both stopped on exit."""
+              boot_answers: tuple[str, ...] = (), csms_ahead_s: float = 0.0):
+    """A CSMS server and one Station16 connected to it; both stopped on exit. The CSMS's clock runs
+    ``csms_ahead_s`` ahead of the bench's (a product on the real date, the bench on the scenario's)."""
     csms = CsmsServer()
     csms.boot_answers = list(boot_answers)
     url = await csms.start()
     try:
         clock = SimClock(asyncio.get_running_loop(), START_EPOCH)
+        csms.clock = SimClock(asyncio.get_running_loop(), START_EPOCH + csms_ahead_s) if csms_ahead_s else clock
         model = StationModel(STATION_ID, connectors=connectors)
         recorded: list[tuple[str, str]] = []
         reports: list[tuple[str, dict]] = []
@@ -559,6 +567,37 @@ def test_tx_default_profile_on_connector_0_limits_the_offer():
             assert tx == r.model.ports[1].transaction_id
             # Connector 0's default covers the other connector as well.
             assert r.model.engine.limit_a(2, r.clock.epoch(), None) == pytest.approx(13.5)
+
+    virtual(main)
+
+
+def test_the_station_takes_its_clock_from_the_csms_so_its_schedules_apply_when_meant():
+    month = 30 * 86400.0
+
+    async def main():
+        async with rig(csms_ahead_s=month) as r:
+            assert r.station.clock.epoch() == pytest.approx(r.csms.clock.epoch(), abs=1.0)
+            assert ("station_clock_set", {"offset_s": pytest.approx(month, abs=1.0), "csms_time": ANY}) in r.reports
+            await plug_and_charge(r)
+            # Dated "now" in the CSMS's time: a month after the bench's calendar, yet in force at once.
+            answer = await r.cp.call(call.SetChargingProfile(
+                connector_id=0, cs_charging_profiles=absolute_profile(10, "TxDefaultProfile", 10.0,
+                                                                      r.csms.clock.epoch() - 1)))
+            assert answer.status == "Accepted"
+            r.step(1)
+            assert r.model.ports[1].offered_a == pytest.approx(10.0)
+            sent = [json.loads(raw) for direction, raw in r.recorded if direction == "from_station"]
+            status = next(m[3] for m in sent if m[0] == 2 and m[2] == "StatusNotification")
+            assert status["timestamp"] >= iso_z(START_EPOCH + month)  # and it reports in that time
+
+    virtual(main)
+
+
+def test_a_csms_within_seconds_of_the_station_leaves_its_clock_alone():
+    async def main():
+        async with rig(csms_ahead_s=CLOCK_SYNC_THRESHOLD_S / 2) as r:
+            assert r.station.clock.offset_s == 0.0
+            assert not any(kind == "station_clock_set" for kind, _ in r.reports)
 
     virtual(main)
 

@@ -54,7 +54,7 @@ class Csms(ChargePoint):
     def on_boot(self, **payload: Any):
         self._got("BootNotification", payload)
         status = self.server.boot_answers.pop(0) if self.server.boot_answers else "Accepted"
-        return call_result.BootNotification(current_time=iso_z(time.time()), interval=300 if status == "Accepted"
+        return call_result.BootNotification(current_time=self.server.now_iso(), interval=300 if status == "Accepted"
                                             else 20, status=status)
 
     @on(Action.status_notification)
@@ -65,7 +65,7 @@ class Csms(ChargePoint):
     @on(Action.heartbeat)
     def on_heartbeat(self, **payload: Any):
         self._got("Heartbeat", payload)
-        return call_result.Heartbeat(current_time=iso_z(time.time()))
+        return call_result.Heartbeat(current_time=self.server.now_iso())
 
     @on(Action.authorize)
     def on_authorize(self, id_token: dict, **payload: Any):
@@ -124,10 +124,14 @@ class CsmsServer:
         self.frames: list[tuple[str, str]] = []  # ("in" | "out", raw) as the CSMS saw them
         self.invalid_tags: set[str] = set()
         self.boot_answers: list[str] = []
+        self.clock: SimClock | None = None  # the station's clock: its currentTime is ours, as on a synced site
         self.cp: Csms | None = None
         self.ws: Any = None
         self.connections = 0
         self._server: Any = None
+
+    def now_iso(self) -> str:
+        return iso_z(self.clock.epoch() if self.clock is not None else time.time())
 
     async def start(self) -> str:
         self._server = await websockets.serve(self._handler, "127.0.0.1", 0, subprotocols=["ocpp2.0.1"])
@@ -199,7 +203,7 @@ async def rig(connectors: int = 1, meter_value_interval_s: float = 60.0, boot_an
     csms.boot_answers = list(boot_answers)
     url = await csms.start()
     try:
-        clock = SimClock(asyncio.get_running_loop(), START_EPOCH)
+        clock = csms.clock = SimClock(asyncio.get_running_loop(), START_EPOCH)
         model = StationModel(STATION_ID, connectors=connectors, max_current_a=max_current_a, version="2.0.1")
         recorded: list[tuple[str, str]] = []
         reports: list[tuple[str, dict]] = []
