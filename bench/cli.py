@@ -239,7 +239,7 @@ def serve(
     controller: str = typer.Argument(..., help="an in-process controller: a name (see `evbench controllers`) "
                                                "or module:Class"),
     scenario: str = typer.Option("workplace", "--scenario", help="the installer's configuration (site limit, "
-                                                                  "chargers) from this scenario"),
+                                                                  "chargers) from this scenario; \"certification\": the site of evbench certify"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (loopback unless told)"),
     port: int = typer.Option(9000, "--port", help="port to listen on"),
     meter: Optional[str] = typer.Option(None, "--meter", help="HOST:PORT of the site meter (Modbus TCP)"),
@@ -247,8 +247,11 @@ def serve(
     meter_unit: int = typer.Option(1, "--meter-unit", help="its Modbus unit id"),
     limit: Optional[float] = typer.Option(None, "--limit", help="site limit [A per phase] (default: the "
                                                                  "scenario's)"),
+    speed: float = typer.Option(1.0, "--speed", help="run the controller's clock N× faster (to certify it with "
+                                                     "evbench certify --speed N)"),
 ) -> None:
     """Run an in-process controller as a standalone OCPP CSMS: a reference for vendors, a driver for lab chargers."""
+    from bench.certification.catalogue import bundled_catalogue_dir
     from bench.runner import ControllerError, resolve_controller
     from bench.scenario import ScenarioError, find_scenario, load_scenario
     from bench.serve import serve as serve_controller
@@ -257,11 +260,15 @@ def serve(
 
     try:
         spec = resolve_controller(controller)
-        sc = load_scenario(find_scenario(scenario))
+        # "certification" is the site every `evbench certify` case runs on
+        sc = load_scenario(bundled_catalogue_dir() / "site.toml" if scenario == "certification"
+                           else find_scenario(scenario))
     except (ScenarioError, ControllerError) as error:
         raise _bad_input(str(error)) from None
     if spec.external:
         raise _bad_input("CONTROLLER: serve runs an in-process controller; a ws:// URL is one already")
+    if not speed > 0:
+        raise _bad_input(f"--speed: expected a positive factor (got {speed:g})")
     if limit is not None and not limit > 0:
         raise _bad_input(f"--limit: expected a positive current in A (got {limit:g})")
     endpoint = None
@@ -275,12 +282,144 @@ def serve(
             raise _bad_input(f"--meter-model: {error}") from None
         endpoint = MeterEndpoint(model=meter_model, host=meter_host, port=int(meter_port), unit_id=meter_unit)
     try:
-        serve_controller(spec, sc, host=host, port=port, meter=endpoint, limit_a=limit,
+        serve_controller(spec, sc, host=host, port=port, meter=endpoint, limit_a=limit, speed=speed,
                          announce=lambda line: typer.echo(line, err=True))
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+    except ControllerError as error:
+        raise _bad_input(str(error)) from None
     except OSError as error:
         raise _bad_input(f"--port: cannot listen on {host}:{port} ({error.strerror or error})") from None
+
+
+@app.command()
+def certify(
+    controller: str = typer.Argument(..., help="ws://URL of the controller under test (stations connect to "
+                                               "URL/<station id>), or an in-process controller name / module:Class"),
+    ocpp: Optional[str] = typer.Option(None, "--ocpp", help="run every station on 1.6 or 2.0.1 (default: each "
+                                                            "case's own, a mix)"),
+    meter_port: Optional[int] = typer.Option(None, "--meter-port", help="port of the bench's site meter, Modbus "
+                                                                        "TCP on 127.0.0.1 (default 5020 for a URL)"),
+    report: Path = typer.Option(Path("certification"), "--report", help="folder for junit.xml, "
+                                                                          "certification.json, index.html, traces"),
+    speed: Optional[float] = typer.Option(None, "--speed", help="scale the wall clock (only for a controller whose "
+                                                                "own clock runs that fast, e.g. evbench serve --speed)"),
+    catalogue: Optional[list[str]] = typer.Option(None, "--catalogue", help="a folder of your own cases instead "
+                                                                            "of the bundled catalogue (repeatable)"),
+    select: Optional[str] = typer.Option(None, "-k", help="only tests matching this pytest -k expression"),
+    markers: Optional[str] = typer.Option(None, "-m", help="only tests matching this pytest -m expression "
+                                                           "(measured, message, ocpp16, ocpp201)"),
+) -> None:
+    """Run the certification catalogue against a controller; write JUnit XML, JSON and an HTML report."""
+    from bench.certification.catalogue import load_catalogue
+    from bench.certification.report import certify as run_certification
+    from bench.runner import ControllerError, resolve_controller
+    from bench.scenario import ScenarioError
+
+    if ocpp not in (None, "1.6", "2.0.1"):
+        raise _bad_input(f"--ocpp: expected 1.6 or 2.0.1 (got {ocpp!r})")
+    if speed is not None and not speed > 0:
+        raise _bad_input(f"--speed: expected a positive factor (got {speed:g})")
+    if meter_port is not None and not 0 <= meter_port <= 65535:
+        raise _bad_input(f"--meter-port: expected 0..65535 (got {meter_port})")
+    try:
+        spec = resolve_controller(controller)
+        cases = [case for folder in (catalogue or [None]) for case in load_catalogue(folder)]
+    except (ScenarioError, ControllerError) as error:
+        raise _bad_input(str(error)) from None
+    if spec.external:
+        meter_port = 5020 if meter_port is None else meter_port
+        site = cases[0].scenario
+        typer.echo(f"Configure the controller under test for the certification site: limit {site.site.limit_a:g} A "
+                   f"per phase, {site.site.phases} phases at {site.site.voltage_v:g} V; site meter "
+                   f"{site.site.meter.model} on Modbus TCP 127.0.0.1:{meter_port} unit {site.site.meter.unit_id}; "
+                   f"chargers " + ", ".join(f"{s.id} (OCPP {ocpp or s.ocpp}, {s.connectors}×, {s.max_current_a:g} A)"
+                                             for s in site.stations), err=True)
+    result = run_certification(controller, report, ocpp=ocpp, speed=speed, meter_port=meter_port,
+                               catalogues=catalogue, select=select, markers=markers)
+    counts = {o: sum(t.outcome == o for t in result.tests) for o in ("passed", "failed", "error", "skipped")}
+    typer.echo(f"certification of {controller}: {result.verdict.upper()} — "
+               + ", ".join(f"{n} {o}" for o, n in counts.items() if n)
+               + f"; report: {report / 'index.html'}")
+    if result.exit_code not in (0, 1):  # pytest itself failed: usage error, nothing collected, interrupted
+        raise typer.Exit(EXIT_BAD_INPUT)
+    raise typer.Exit(EXIT_PASS if result.verdict == "pass" else EXIT_FAIL)
+
+
+@app.command()
+def compare(
+    scenario: str = typer.Argument(..., help="bundled scenario name or path to a scenario TOML file"),
+    controllers: str = typer.Option("uncontrolled,equal_share,priority,smart", "--controllers",
+                                    help="comma-separated controllers, run one after another on the same scenario"),
+    years: float = typer.Option(5, "--years", help="years of the cost of ownership"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the comparison as JSON here"),
+    chart: Optional[Path] = typer.Option(None, "--chart", help="PNG of the site current per controller (default "
+                                                               "compare-<scenario>.png, next to --json if given)"),
+    duration: Optional[str] = typer.Option(None, "--duration", help="run only this long, e.g. 2h, 90m"),
+    port_cost: Optional[list[str]] = typer.Option(None, "--port-cost", help="NAME=AMOUNT: hardware and installation "
+                                                  "per port for a controller or an architecture (simple, managed, "
+                                                  "smart), in the tariff's currency; default the seed's midpoints "
+                                                  "(repeatable)"),
+    subscription: Optional[list[str]] = typer.Option(None, "--subscription", help="NAME=AMOUNT: software per port "
+                                                     "and year, as --port-cost; default 0 (repeatable)"),
+    tier: Optional[list[str]] = typer.Option(None, "--tier", help="NAME=simple|managed|smart: the architecture of "
+                                             "a controller the bench does not know (repeatable)"),
+    days_per_year: float = typer.Option(365, "--days-per-year", help="operating days a year, to scale the run's "
+                                                                     "cost per day to a year"),
+    trace_dir: Optional[Path] = typer.Option(None, "--trace-dir", help="folder for the runs' traces (default "
+                                                                       "runs/compare-<scenario>-<time>/)"),
+) -> None:
+    """Run several controllers on one scenario and print the seed's comparison table with measured numbers."""
+    from bench.compare import (
+        CompareError,
+        parse_amounts,
+        parse_assignments,
+        write_chart,
+    )
+    from bench.compare import compare as run_comparison
+    from bench.compare import render_table as render_comparison
+    from bench.compare import write_json as write_comparison_json
+    from bench.runner import ControllerError
+    from bench.scenario import ScenarioError, parse_duration
+
+    flags = {"tier": "--tier", "port_cost": "--port-cost", "subscription": "--subscription",
+             "controllers": "--controllers", "years": "--years", "days_per_year": "--days-per-year",
+             "duration": "--duration"}
+    names = [name.strip() for name in controllers.split(",") if name.strip()]
+    try:
+        duration_s = parse_duration(duration) if duration is not None else None
+    except ValueError as error:
+        raise _bad_input(f"--duration: {error}") from None
+    assignments: list[dict] = []
+    for flag, texts, parse in (("--port-cost", port_cost, parse_amounts),
+                               ("--subscription", subscription, parse_amounts),
+                               ("--tier", tier, parse_assignments)):
+        try:
+            assignments.append(parse(texts or []))
+        except ValueError as error:
+            raise _bad_input(f"{flag}: {error}") from None
+    costs, subscriptions, tiers = assignments
+    try:
+        comparison = run_comparison(scenario, names, years=years, costs=costs, subscriptions=subscriptions,
+                                    tiers=tiers, days_per_year=days_per_year, duration_s=duration_s,
+                                    trace_dir=trace_dir, on_progress=lambda line: typer.echo(line, err=True))
+    except CompareError as error:
+        raise _bad_input(f"{flags[error.option]}: {error}") from None
+    except ControllerError as error:  # the runner names its own --controller flag
+        raise _bad_input(f"--controllers: {str(error).removeprefix('--controller: ')}") from None
+    except ScenarioError as error:
+        raise _bad_input(str(error)) from None
+    except KeyboardInterrupt:
+        typer.echo("evbench: interrupted; the traces so far are kept", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(render_comparison(comparison))
+    if chart is None:
+        chart = (json_path.parent if json_path is not None else Path(".")) / f"compare-{comparison.scenario}.png"
+    typer.echo(f"chart: {write_chart(comparison, chart)}")
+    if json_path is not None:
+        write_comparison_json(comparison, json_path, chart=chart)
+        typer.echo(f"json: {json_path}")
+    raise typer.Exit(EXIT_PASS)
 
 
 @app.command()

@@ -17,11 +17,18 @@ version (``ocpp16``, ``ocpp201``), so ``pytest -m message`` or ``-m "not ocpp201
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pytest
 
 from bench.report import RunResult
+
+if TYPE_CHECKING:  # the runner's imports (websockets, ocpp, pymodbus) load only when a test runs something
+    from bench.certification.catalogue import Case
+    from bench.certification.session import CertificationSession
+
+#: Where the session's :class:`CertificationSession` is kept for whoever reports on it (``evbench certify``).
+CERTIFICATION = pytest.StashKey["CertificationSession"]()
 
 
 MARKERS = {
@@ -38,6 +45,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="controller for run_scenario: a name, module:Class or ws:// URL of an external CSMS")
     group.addoption("--evbench-ocpp", default=None, choices=("1.6", "2.0.1"),
                     help="run every station of every scenario on this OCPP version")
+    group.addoption("--evbench-speed", default=None, type=float,
+                    help="scale the wall clock for a controller by URL (only for one whose clock is scaled too)")
+    group.addoption("--evbench-meter-port", default=None, type=int,
+                    help="certification: the port the bench's site meter (Modbus TCP) listens on")
+    group.addoption("--evbench-catalogue", action="append", default=None, metavar="DIR",
+                    help="certification: a folder of cases instead of the bundled catalogue (repeatable)")
+    group.addoption("--evbench-traces", default=None, metavar="DIR",
+                    help="certification: where each case's trace goes (default: a temporary folder)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -55,6 +70,38 @@ def evbench_controller(request: pytest.FixtureRequest) -> str | None:
 def evbench_ocpp(request: pytest.FixtureRequest) -> str | None:
     """The OCPP version given with --evbench-ocpp, or None (each scenario's own)."""
     return request.config.getoption("--evbench-ocpp")
+
+
+def catalogue_cases(config: pytest.Config) -> list[Case]:
+    """The certification cases this session runs: the --evbench-catalogue folders', or the bundled ones."""
+    from bench.certification.catalogue import load_catalogue
+    from bench.scenario import ScenarioError
+
+    folders = config.getoption("--evbench-catalogue") or [None]
+    try:
+        return [case for folder in folders for case in load_catalogue(folder)]
+    except ScenarioError as error:
+        raise pytest.UsageError(f"--evbench-catalogue: {error}") from None
+
+
+@pytest.fixture(scope="session")
+def evbench_certification(request: pytest.FixtureRequest,
+                          tmp_path_factory: pytest.TempPathFactory) -> CertificationSession:
+    """The catalogue's run against --evbench-controller (default: the reference controller), one per session."""
+    from bench.certification.session import CertificationSession
+    from bench.runner import DEFAULT_CONTROLLER
+
+    config = request.config
+    traces = config.getoption("--evbench-traces")
+    session = CertificationSession(
+        config.getoption("--evbench-controller") or DEFAULT_CONTROLLER,
+        Path(traces) if traces else tmp_path_factory.mktemp("certification"),
+        ocpp=config.getoption("--evbench-ocpp"),
+        speed=config.getoption("--evbench-speed"),
+        meter_port=config.getoption("--evbench-meter-port"),
+    )
+    config.stash[CERTIFICATION] = session
+    return session
 
 
 @pytest.fixture

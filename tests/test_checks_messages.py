@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.checks import CHECKS, run_checks
+from bench.checks.messages import CROSSING_S
 from bench.recorder import Recorder, parse_frame
 from bench.trace import Trace, load_trace
 
@@ -178,8 +179,8 @@ def failing(trace):
 
 def test_catalogue_order_and_sources():
     assert list(CHECKS) == ["SITE-LIMIT", "BREAKER", "STATION-LIMIT", "MAX-PROFILE-SUM", "MIN-CURRENT",
-                            "PROFILE-VALID", "TX-PROFILE-SCOPE", "PROFILE-UPDATE", "NEEDS-ANSWERED",
-                            "OSCILLATION", "OFFLINE-SAFE"]
+                            "PROFILE-VALID", "TX-PROFILE-SCOPE", "PROFILE-UPDATE", "REALLOCATE", "NEEDS-ANSWERED",
+                            "DR-RESPONSE", "OSCILLATION", "OFFLINE-SAFE"]
     sources = {r.id: (r.layer, r.source) for r in run_checks(Trace(meta={}))}
     assert sources["MAX-PROFILE-SUM"] == ("measured", "1.6 §3.13.3; MicroOcppSimulator#21")
     assert sources["PROFILE-VALID"] == ("message", "K01.FR.03/06/16/38/39/40/41")
@@ -257,9 +258,18 @@ def test_tx_profile_for_another_or_an_ended_transaction(tmp_path, v):
         v.set(w, 1, 1, v.profile(purpose="TxProfile", tx=v.tx(2)))  # not the one running
         v.start(w, 2, 2, v.tx(2))
         v.stop(w, 5, 1, v.tx(1))
-        v.set(w, 6, 1, v.profile(purpose="TxProfile", tx=v.tx(1)))  # its transaction is over
+        v.set(w, 15, 1, v.profile(purpose="TxProfile", tx=v.tx(1)))  # its transaction is long over
     rules = ("1.6 §5.16", "1.6 §5.16") if v is V16 else ("K01.FR.33", "K01.FR.09")
     assert failing(trace_of(tmp_path, v, build)) == {"TX-PROFILE-SCOPE": list(rules)}
+
+
+@BOTH
+def test_tx_profile_crossing_the_end_of_its_transaction_is_a_race_not_a_finding(tmp_path, v):
+    def build(w):
+        v.start(w, 0, 1, v.tx(1))
+        v.stop(w, 5, 1, v.tx(1))  # the driver unplugs while the controller's decision is on the wire
+        v.set(w, 5 + CROSSING_S, 1, v.profile(purpose="TxProfile", tx=v.tx(1)))
+    assert failing(trace_of(tmp_path, v, build)) == {}
 
 
 @BOTH

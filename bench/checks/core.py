@@ -79,6 +79,20 @@ class CheckResult:
 CHECKS: dict[str, Callable[[Trace], CheckResult]] = {}
 
 
+@dataclass(frozen=True)
+class CheckInfo:
+    """What a check is, known before any run: for selecting and naming tests of it."""
+
+    id: str
+    layer: str
+    statement: str
+    source: str
+
+
+#: Every registered check's :class:`CheckInfo`, by id.
+CHECK_INFO: dict[str, CheckInfo] = {}
+
+
 def _check(check_id: str, layer: str, statement: str, source: str):
     """Register ``find(trace) -> findings`` as the check ``check_id``."""
     def register(find: Callable[[Trace], Iterable[Finding]]) -> Callable[[Trace], CheckResult]:
@@ -89,6 +103,7 @@ def _check(check_id: str, layer: str, statement: str, source: str):
         check.__name__ = check.__qualname__ = find.__name__.lstrip("_")
         check.__doc__ = find.__doc__
         CHECKS[check_id] = check
+        CHECK_INFO[check_id] = CheckInfo(check_id, layer, statement, source)
         return check
     return register
 

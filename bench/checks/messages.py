@@ -261,14 +261,26 @@ def _tx_profile_scope(trace: Trace) -> Iterator[Finding]:
             continue
         if p.purpose != TX_PROFILE or not _whole(sent.connector):
             continue
-        if sent.running is None:
+        if sent.running is None and not _crossed_an_end(ledger, sent):
             yield _message_finding("TX-PROFILE-SCOPE", ledger, sent.index, d.sources["no-tx"],
                                    f"TxProfile while no transaction runs on {d.connector_word} {sent.connector}",
                                    connector=sent.connector)
-        elif p.transaction_id is not None and p.transaction_id != sent.running:
+        elif p.transaction_id is not None and p.transaction_id != sent.running and not (
+                sent.running is None and _crossed_an_end(ledger, sent)):
             yield _message_finding("TX-PROFILE-SCOPE", ledger, sent.index, d.sources["other-tx"],
                                    f"TxProfile for transaction {p.transaction_id!r}, but {sent.running!r} "
                                    f"runs there", connector=sent.connector)
+
+
+#: [s] A TxProfile reaching a connector this soon after its transaction ended crossed the end on the wire: the
+#: controller decided before it could have heard of it (every CSMS races a driver who unplugs), not out of scope.
+CROSSING_S = 5.0
+
+
+def _crossed_an_end(ledger: _Ledger, sent: _Sent) -> bool:
+    station, t = sent.message.get("station"), sent.message["t"]
+    return any(s == station and c == sent.connector and 0 <= t - ended_t <= CROSSING_S
+               for s, c, ended_t in ledger.ended)
 
 
 def _canonical(payload: dict) -> str:
