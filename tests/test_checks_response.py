@@ -98,6 +98,18 @@ def test_a_controller_that_never_reallocates_fails_naming_the_ev_held_back(tmp_p
     assert f.evidence["samples"][0] == {"t": 160.0, "currents_a": [47.0] * 3, "limit_a": 94.0, "unused_a": 47.0}
 
 
+@pytest.mark.parametrize(("prices", "demand_charge", "judged"), [
+    ([[0.0, 0.25]], 0.0, True),  # a flat price: nothing to wait for
+    ([[0.0, 0.25], [120.0, 0.10]], 0.0, False),  # cheaper later: waiting can be the point
+    ([[0.0, 0.25]], 15.0, False),  # a demand charge: a lower peak can be the point
+])
+def test_not_judged_where_the_tariff_rewards_holding_back(tmp_path, prices, demand_charge, judged):
+    meta = {**make_meta(), "tariff": {"currency": "EUR", "export_price_per_kwh": 0.0, "kind": "time_of_use",
+                                      "demand_charge_per_kw": demand_charge, "import_prices": prices}}
+    result = only(trace_of(tmp_path, errata(), meta), "REALLOCATE")
+    assert result.verdict == ("fail" if judged else "pass")
+
+
 def test_equal_share_like_reallocation_within_the_time_passes_and_late_is_a_finding(tmp_path):
     on_time = trace_of(tmp_path, errata(lambda t: 47.0 if t < 130 else 93.0))
     assert only(on_time, "REALLOCATE").verdict == "pass"

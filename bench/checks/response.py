@@ -195,6 +195,15 @@ def _merged(moments: list[_Moment]) -> list[_Moment]:
     return sorted(merged.values(), key=lambda m: (m.t0, m.judged_from))
 
 
+def _holding_back_can_pay(tariff: object) -> bool:
+    """Whether the trace's tariff rewards not using capacity now: prices that change, or a demand charge."""
+    if not isinstance(tariff, dict):
+        return False
+    prices = {p[1] for p in tariff.get("import_prices") or [] if isinstance(p, list | tuple) and len(p) == 2}
+    charge = tariff.get("demand_charge_per_kw")
+    return len(prices) > 1 or (_is_number(charge) and charge > 0)
+
+
 @_check("REALLOCATE", "measured",
         "capacity freed by a finished or under-drawing EV is offered to others within N s",
         "errata §2.46 (100 A → 94 A → 47/47 A → 94 A); EVerest #2628")
@@ -213,7 +222,14 @@ def _reallocate(trace: Trace) -> Iterator[Finding]:
     matter of utilisation, not of reallocation. Nor is capacity already unused before the moment; and headroom is
     taken on the worst phase, so capacity a 1-phase EV frees on another phase is not judged either. The finding
     runs from the moment until the capacity is taken up (or the run ends) and names the EVs still held back at the
-    deadline."""
+    deadline.
+    Not judged on a run with a tariff whose import price varies or that charges for the peak: there, keeping
+    capacity for cheaper hours or a lower 15-minute peak is what a smart controller is for, and whether the EVs
+    still got their energy is what "EVs short" tells.
+    """
+    if _holding_back_can_pay(trace.meta.get("tariff")):
+        return
+
     site = trace.site
     if not site:
         return
