@@ -73,10 +73,10 @@ class Smart(EarliestDeadline):
         self.solve_budget_s = _number_option(site.options, "solve_budget_s", 2.0)
         self.default_energy_kwh = _number_option(site.options, "default_energy_kwh", 20.0)
         self.default_departure_s = _time_of_day_option(site.options, "default_departure", "18:00")
-        # Plan every request to be met this long before its departure: the plan assumes an EV takes full power
+        # Plan every request to be met this long before its departure (2 h): the plan assumes an EV takes full power
         # until full, but batteries taper near full (a bus from 80 % on takes hours), so energy planned for the
         # last minutes often cannot be taken. The margin is re-planned away as the departure approaches.
-        self.finish_before_s = _number_option(site.options, "finish_before_s", 3600.0, allow_zero=True)
+        self.finish_before_s = _number_option(site.options, "finish_before_s", 7200.0, allow_zero=True)
         self.signal = GridSignal()
         self.battery: BatteryReading | None = None
         self.plan: Plan | None = None

@@ -467,7 +467,7 @@ def test_equal_share_cuts_to_the_safe_budget_when_the_meter_fails_with_load_risi
     plant = Plant(building_a=10.0)
     plant.run(300)
     before = plant.controller.budget_a
-    assert before is not None and before >= 20.0
+    assert before is not None and before >= 19.0  # the 21 A of headroom, less the 2 A deadband it leaves alone
     # The building takes 8 A more; the meter shows it once, then fails before the next allocation.
     plant.building_a = 18.0
     while plant.t % 5 != 3:

@@ -78,13 +78,13 @@ def test_a_flexible_ev_waits_for_the_cheap_hours_and_a_tight_one_does_not():
     assert _settled(controller, later)[flexible] > 6.0  # re-planned at the cheap time: it charges
 
 
-def test_requests_are_planned_to_be_met_an_hour_before_the_departure_by_default():
+def test_requests_are_planned_to_be_met_two_hours_before_the_departure_by_default():
     controller = Smart(SiteConfig(limit_a=64.0, stations=(StationConfig("CP1", 32.0, ocpp="2.0.1"),)))
     key = _start(controller, "CP1")
     _needs(controller, "CP1", NOW + 6 * HOUR, 10_000.0)
-    assert controller.problem(NOW).evs[0].departure == NOW + 5 * HOUR  # room for a battery that tapers near full
+    assert controller.problem(NOW).evs[0].departure == NOW + 4 * HOUR  # room for a battery that tapers near full
     # Inside the margin it wants its energy now, re-planned every quarter hour.
-    assert controller.problem(NOW + 5.5 * HOUR).evs[0].departure == NOW + 5.75 * HOUR
+    assert controller.problem(NOW + 4.5 * HOUR).evs[0].departure == NOW + 4.75 * HOUR
     assert key == ("CP1", 1)
 
 
