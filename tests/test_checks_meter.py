@@ -5,6 +5,7 @@ import json
 import sqlite3
 
 import pytest
+from hand_traces import only, recorded
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,15 +32,7 @@ def make_meta(duration_s=HOUR, version="1.6", **checks):
 
 
 def trace_of(tmp_path, build, meta=None, name="run.db"):
-    path = tmp_path / name
-    with Recorder(path, meta or make_meta()) as rec:
-        build(rec)
-    return load_trace(path)
-
-
-def only(trace, check_id):
-    (result,) = run_checks(trace, [check_id])
-    return result
+    return recorded(tmp_path, build, meta or make_meta(), name)
 
 
 def limits(rec, limit_at, n, station="CS1", connector=1, ev=lambda t: "EV1"):

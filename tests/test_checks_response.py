@@ -8,11 +8,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from hand_traces import only, recorded
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.checks import run_checks
-from bench.recorder import Recorder
 from bench.runner import run_scenario
 from bench.scenario import ScenarioError, parse_scenario
 from bench.trace import load_trace
@@ -53,15 +52,7 @@ def record(rec, n, connectors, limit=lambda t: 94.0, building=lambda t: 0.0, clo
 
 
 def trace_of(tmp_path, build, meta=None, name="run.db"):
-    path = tmp_path / name
-    with Recorder(path, meta or make_meta()) as rec:
-        build(rec)
-    return load_trace(path)
-
-
-def only(trace, check_id):
-    (result,) = run_checks(trace, [check_id])
-    return result
+    return recorded(tmp_path, build, meta or make_meta(), name)
 
 
 def following(ev, offer_at, until=None, since=0):
