@@ -27,6 +27,14 @@ def _bad_input(message: str) -> typer.Exit:
     return typer.Exit(EXIT_BAD_INPUT)
 
 
+def _check_speed(speed: float | None, realtime: bool = False) -> None:
+    """--speed (and --realtime, where a command has it) as every command takes them."""
+    if speed is not None and realtime:
+        raise _bad_input("--speed and --realtime: choose one")
+    if speed is not None and not speed > 0:
+        raise _bad_input(f"--speed: expected a positive factor (got {speed:g})")
+
+
 @app.command()
 def run(
     scenario: str = typer.Argument("workplace", help="bundled scenario name or path to a scenario TOML file"),
@@ -45,10 +53,7 @@ def run(
     from bench.runner import ControllerError, run_scenario
     from bench.scenario import ScenarioError, parse_duration
 
-    if speed is not None and realtime:
-        raise _bad_input("--speed and --realtime: choose one")
-    if speed is not None and speed <= 0:
-        raise _bad_input(f"--speed: expected a positive factor (got {speed:g})")
+    _check_speed(speed, realtime)
     duration_s = None
     if duration is not None:
         try:
@@ -112,10 +117,7 @@ def tui(
     from bench.scenario import ScenarioError, parse_duration
     from bench.tui import EvbenchApp
 
-    if speed is not None and realtime:
-        raise _bad_input("--speed and --realtime: choose one")
-    if speed is not None and speed <= 0:
-        raise _bad_input(f"--speed: expected a positive factor (got {speed:g})")
+    _check_speed(speed, realtime)
     try:
         duration_s = parse_duration(duration) if duration is not None else None
     except ValueError as error:
@@ -167,8 +169,7 @@ def meter(
         parse_duration,
     )
 
-    if speed is not None and speed <= 0:
-        raise _bad_input(f"--speed: expected a positive factor (got {speed:g})")
+    _check_speed(speed)
     wanted = {"host": host, "port": port, "serial": serial, "baudrate": baud, "parity": parity.upper(),
               "stopbits": stopbits}
     if model is not None:
@@ -267,8 +268,7 @@ def serve(
         raise _bad_input(str(error)) from None
     if spec.external:
         raise _bad_input("CONTROLLER: serve runs an in-process controller; a ws:// URL is one already")
-    if not speed > 0:
-        raise _bad_input(f"--speed: expected a positive factor (got {speed:g})")
+    _check_speed(speed)
     if limit is not None and not limit > 0:
         raise _bad_input(f"--limit: expected a positive current in A (got {limit:g})")
     endpoint = None
@@ -318,8 +318,7 @@ def certify(
 
     if ocpp not in (None, "1.6", "2.0.1"):
         raise _bad_input(f"--ocpp: expected 1.6 or 2.0.1 (got {ocpp!r})")
-    if speed is not None and not speed > 0:
-        raise _bad_input(f"--speed: expected a positive factor (got {speed:g})")
+    _check_speed(speed)
     if meter_port is not None and not 0 <= meter_port <= 65535:
         raise _bad_input(f"--meter-port: expected 0..65535 (got {meter_port})")
     try:

@@ -138,7 +138,7 @@ def write_report(report_dir: Path, controller: str, ocpp: str | None, tests: lis
     }
     (report_dir / "certification.json").write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n",
                                                    encoding="utf-8")
-    (report_dir / "index.html").write_text(_index_html(document, runs), encoding="utf-8")
+    (report_dir / "index.html").write_text(_index_html(document, tests, runs), encoding="utf-8")
 
 
 def _case_json(run: CaseRun) -> dict:
@@ -155,10 +155,10 @@ _COLOURS = {"passed": "#1e8449", "pass": "#1e8449", "failed": "#c0392b", "fail":
             "skipped": "#7f8c8d"}
 
 
-def _index_html(document: dict, runs: list[CaseRun]) -> str:
+def _index_html(document: dict, tests: list[TestOutcome], runs: list[CaseRun]) -> str:
     e = html.escape
     case_ids = [run.case.id for run in runs]
-    by_cell = {(t.check, t.case): t for t in _outcomes(document)}
+    by_cell = {(t.check, t.case): t for t in tests}
     header = "".join(f"<th><a href='#{e(c)}'>{e(c)}</a></th>" for c in case_ids)
     rows = []
     for check_id, verdict in document["checks"].items():
@@ -207,6 +207,3 @@ sent (message checks). Written {e(document['written'])}. Machine-readable: <a hr
 </body></html>
 """
 
-
-def _outcomes(document: dict) -> list[TestOutcome]:
-    return [TestOutcome(**t) for t in document["tests"]]
