@@ -69,7 +69,7 @@ class EarliestDeadline(EqualShare):
         rest -= sum(shares[k] for k in without_needs)
         met = [k for k in with_needs if k not in shares]
         shares.update(self._fill_equally(met, rest, keeps))
-        return {k: self._hysteresis(k, v) for k, v in shares.items()}
+        return self._hold_steady(shares)
 
     def _deadline_order(self, key: ConnectorKey) -> tuple[float, float]:
         departure = self.needs[key].departure

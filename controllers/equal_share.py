@@ -196,7 +196,10 @@ class EqualShare(Controller):
         return None
 
     def _share(self, budget_a: float, keeps: dict[ConnectorKey, float]) -> dict[ConnectorKey, float]:
-        shares = self._fill_equally(list(self.sessions), budget_a, keeps)
+        return self._hold_steady(self._fill_equally(list(self.sessions), budget_a, keeps))
+
+    def _hold_steady(self, shares: dict[ConnectorKey, float]) -> dict[ConnectorKey, float]:
+        """The new shares, each kept at its previous value when it moved by less than a step."""
         held = {k: self._hysteresis(k, v) for k, v in shares.items()}
         # Each share may be held back by less than a step, but not all of them together by more: seven cars kept
         # 0.4 A under their share leave 2.8 A of the site unused for as long as the budget stays (REALLOCATE).

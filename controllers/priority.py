@@ -99,7 +99,7 @@ class Priority(EarliestDeadline):
                 shares[key] = MIN_CURRENT_A
             rest -= MIN_CURRENT_A * len(members)
             rest -= _raise_equally(members, shares, can_use, rest)
-        return {key: self._hysteresis(key, value) for key, value in shares.items()}
+        return self._hold_steady(shares)
 
     def _laxity(self, key: ConnectorKey, can_use: dict[ConnectorKey, float]) -> tuple[float, float]:
         """Least laxity first: the time to spare before departure if it charged at full rate from now on.
