@@ -89,7 +89,9 @@ def certify(controller: str, report_dir: Path, *, ocpp: str | None = None, speed
             markers: str | None = None, quiet: bool = True) -> Certification:
     """Run the catalogue against ``controller`` and write the report into ``report_dir``."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    args = [test_catalogue.__file__, "-p", "no:cacheprovider", "--rootdir", str(Path(test_catalogue.__file__).parent),
+    # "-o addopts=": a checkout's own pytest settings (ours run the suite on every core) must not reach the catalogue.
+    args = [test_catalogue.__file__, "-o", "addopts=", "-p", "no:cacheprovider",
+            "--rootdir", str(Path(test_catalogue.__file__).parent),
             f"--junitxml={report_dir / 'junit.xml'}", "-o", "junit_family=xunit1", "-o", "junit_suite_name=evbench-certify",
             f"--evbench-controller={controller}", f"--evbench-traces={report_dir / 'traces'}", "-rfs"]
     args += ["-q"] if quiet else ["-v"]
