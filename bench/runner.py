@@ -139,7 +139,7 @@ def site_config(scenario: Scenario, meter: MeterEndpoint | None = None) -> SiteC
     return SiteConfig(
         limit_a=scenario.site.limit_a, phases=scenario.site.phases, voltage_v=scenario.site.voltage_v,
         stations=tuple(StationConfig(s.id, s.max_current_a, s.phases, s.connectors, s.ocpp, s.meter_unit,
-                                     s.meter_model, s.priority)
+                                     s.meter_model, s.priority, s.rotation)
                        for s in scenario.stations),
         meter=meter, period_s=scenario.controller.period_s, meter_poll_s=scenario.controller.meter_poll_s,
         battery=None if battery is None else BatteryConfig(

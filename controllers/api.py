@@ -42,6 +42,7 @@ whenever what is known changes (a day-ahead publication).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Mapping
 
 
@@ -59,6 +60,13 @@ class StationConfig:
     meter_unit: int | None = None
     meter_model: str | None = None
     priority: int = 0  # the installer's priority group: higher is served first (fleet above staff)
+    # How the charger's L1, L2, L3 are wired to the site's phases (OCPP 1.6 ConnectorPhaseRotation, 2.0.1
+    # PhaseRotation): "L2L3L1" puts its L1 on the site's L2. A 1-phase EV draws on the charger's L1.
+    rotation: str = "L1L2L3"
+
+    def site_phase(self, station_phase: int) -> int:
+        """The site phase (0..2) the charger's phase ``station_phase`` (0..2) is wired to."""
+        return "L1L2L3".index(self.rotation[2 * station_phase:2 * station_phase + 2]) // 2
 
 
 @dataclass(frozen=True)
@@ -120,10 +128,12 @@ class SiteConfig:
     options: Mapping[str, object] = field(default_factory=dict)
 
     def station(self, station_id: str) -> StationConfig:
-        for station in self.stations:
-            if station.id == station_id:
-                return station
-        return StationConfig(station_id)
+        return self._stations_by_id.get(station_id) or StationConfig(station_id)
+
+    @cached_property
+    def _stations_by_id(self) -> dict[str, StationConfig]:
+        # Controllers ask per session per period: a scan of 200 chargers each time showed in campus profiles.
+        return {station.id: station for station in self.stations}
 
 
 @dataclass(frozen=True)

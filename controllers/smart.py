@@ -10,13 +10,16 @@ Energy requests: an ISO 15118 EV's stated departure and energy (NotifyEVCharging
 when it stated them); for any other EV the installer's defaults, ``[controller.options]``
 ``default_departure`` ("HH:MM", the next one after the session started; the bench's local time is
 UTC) and ``default_energy_kwh``. An EV still plugged in after its departure wants its energy now.
+When not every request fits, the planner serves the installer's priority groups first (fleet before
+staff), stated requests before guessed ones, and among equals the session with the least energy.
 
 Dispatch: the current interval's planned energy becomes a mean power and then a per-phase current
-for each EV. IEC 61851-1's 6 A minimum is not convex, so it is handled here, not in the programme:
+for each EV; what an EV cannot take (full, tapering) goes to EVs that still want energy, earliest
+departure first. IEC 61851-1's 6 A minimum is not convex, so it is handled here, not in the programme:
 planned currents under 6 A are rounded up to 6 A, earliest departure first, and what that adds is
 taken back from the EVs leaving last. The result is always capped by the live budget of
-:class:`~controllers.equal_share.EqualShare`'s loop on the site meter (earliest departure first
-again), so the site limit holds when EVs draw differently from the plan and when the plan is
+:class:`~controllers.equal_share.EqualShare`'s loop on the site meter (the largest currents cut to a
+common level), so the site limit holds when EVs draw differently from the plan and when the plan is
 wrong. What the budget has left goes to EVs whose request is met — only when energy is at its
 cheapest in the horizon now and no demand charge is at stake, so that it costs the least it can;
 without any tariff that is always, and the controller is then roughly earliest-deadline-first
@@ -38,12 +41,14 @@ from collections import deque
 from collections.abc import Callable, Mapping
 
 from controllers.api import (BATTERY, BatteryReading, BatterySetpoint, ChargingNeeds, ConnectorKey, Decision,
-                             GridSignal, Session, SiteConfig, SiteReading)
+                             GridSignal, MeterSample, Session, SiteConfig, SiteReading)
 from controllers.earliest_deadline import EarliestDeadline
 from controllers.equal_share import MIN_CURRENT_A, EqualShare
 from controllers.smart_plan import INTERVAL_S, Plan, PlanError, PlanEV, PlanProblem, plan
 
 DAY_S = 86_400.0
+PRIORITY_WEIGHT = 4.0  # a higher priority group's shortfall costs this much more per group, so it comes first
+STATED_WEIGHT = 2.0  # ... and a stated request's than a default's: above the planner's fairness factor (1.5)
 
 
 def _number_option(options: Mapping[str, object], name: str, default: float, allow_zero: bool = False) -> float:
@@ -83,6 +88,9 @@ class Smart(EarliestDeadline):
         self.plan_error: str | None = None  # why the last re-plan failed (the fallback is on), if it did
         self.solve_s: float | None = None  # wall time of the last solve
         self.departures: dict[ConnectorKey, float] = {}  # what the last plan took each EV's departure to be
+        self.drawn_on: dict[ConnectorKey, int | None] = {}  # the charger phase a 1-phase EV drew on; None: all three
+        self.switch_delay_s = _number_option(site.options, "switch_delay_s", 120.0, allow_zero=True)
+        self._switched_at: dict[ConnectorKey, float] = {}  # when each EV last started or paused
         self.peak_kw = 0.0  # the highest 15-minute mean import seen (the demand charge's basis)
         self._base_loads: deque[tuple[float, float]] = deque()  # the last quarter hour's building load estimates [W]
         self._window: tuple[float, float, float] | None = None  # this quarter hour's first read: start, time, kWh
@@ -99,6 +107,8 @@ class Smart(EarliestDeadline):
     def on_session_ended(self, session: Session, energy_wh: float, now: float) -> None:
         super().on_session_ended(session, energy_wh, now)
         self.departures.pop((session.station_id, session.connector_id), None)
+        self.drawn_on.pop((session.station_id, session.connector_id), None)
+        self._switched_at.pop((session.station_id, session.connector_id), None)
         self._replan = True
 
     def on_charging_needs(self, needs: ChargingNeeds, now: float) -> None:
@@ -161,8 +171,9 @@ class Smart(EarliestDeadline):
             departure, energy_kwh = self._request(key, now)
             self.departures[key] = departure
             phases = self._ev_phases(key)
-            evs.append(PlanEV(key, departure, energy_kwh,
-                              self._ev_max_a(key) * self.site.voltage_v * phases, phases))
+            evs.append(PlanEV(key, departure, energy_kwh, self._ev_max_a(key) * self.site.voltage_v * phases,
+                              phases, self._site_phase(key) if phases == 1 else None,
+                              self.energy_wh.get(key, 0.0) / 1000.0, self._weight(key)))
         battery = self.site.battery
         return PlanProblem(
             start=now, limit_a=max(self.limit_a - self.margin_a, 0.0), evs=tuple(evs),
@@ -171,6 +182,12 @@ class Smart(EarliestDeadline):
             demand_charge_per_kw=self.signal.demand_charge_per_kw, peak_so_far_kw=self.peak_kw,
             pv_forecast=self.signal.pv_forecast, base_load_w=self._base_load_w(now), battery=battery,
             battery_soc=self.battery.soc if battery is not None and self.battery is not None else None)
+
+    def _weight(self, key: ConnectorKey) -> float:
+        """How much a kWh short costs this EV against others: ×4 per installer priority group (fleet before staff),
+        ×2 for a request the EV stated (ISO 15118) over the installer's default, which only guesses what a car wants."""
+        stated = key in self.needs and self.needs[key].energy_wh is not None
+        return PRIORITY_WEIGHT ** max(self.site.station(key[0]).priority, 0) * (STATED_WEIGHT if stated else 1.0)
 
     def _request(self, key: ConnectorKey, now: float) -> tuple[float, float]:
         """The EV's departure [epoch s] and the energy it still wants by then [kWh]."""
@@ -190,16 +207,31 @@ class Smart(EarliestDeadline):
         deadline = max(departure - self.finish_before_s, math.floor(now / INTERVAL_S) * INTERVAL_S + INTERVAL_S)
         return deadline, max(wanted_wh, 0.0) / 1000.0
 
+    def on_meter_sample(self, sample: MeterSample, now: float) -> None:
+        super().on_meter_sample(sample, now)
+        key = (sample.station_id, sample.connector_id)
+        if key in self.sessions and sample.source == "ocpp" and sample.currents_a and len(sample.currents_a) == 3:
+            drawing = [i for i, current in enumerate(sample.currents_a) if current >= self.drawing_a]
+            # Remembered for the session: a paused EV's samples show no phase at all, and taking it for a
+            # three-phase one then turned its planned power into a third of the current, under 6 A, paused
+            # it again — 0 ↔ 16 A every minute on the campus (OSCILLATION).
+            if len(drawing) == 1:
+                self.drawn_on[key] = drawing[0]
+            elif drawing:
+                self.drawn_on[key] = None
+
     def _ev_phases(self, key: ConnectorKey) -> int:
-        """The EV's phases: as its needs say, else as its meter values show (one phase drawing), else its station's."""
+        """The EV's phases: as its needs say, else as its meter values showed (one phase drawing), else its station's."""
         if key in self.needs:
             return self.needs[key].phases
-        sample = self.samples.get(key)
-        if sample is not None and sample.currents_a and len(sample.currents_a) == 3:
-            drawing = [current >= self.drawing_a for current in sample.currents_a]
-            if sum(drawing) == 1:
-                return 1
+        if key in self.drawn_on:
+            return 1 if self.drawn_on[key] is not None else 3
         return self.site.station(key[0]).phases
+
+    def _site_phase(self, key: ConnectorKey) -> int:
+        """The site phase a 1-phase EV draws on: the charger phase its samples showed (else the charger's L1, where
+        1-phase EVs draw), through the charger's phase rotation as the installer wired it."""
+        return self.site.station(key[0]).site_phase(self.drawn_on.get(key) or 0)
 
     def _ev_max_a(self, key: ConnectorKey) -> float:
         """What the EV can take per phase: its station's and its own maximum, or what it takes when that is less."""
@@ -238,24 +270,91 @@ class Smart(EarliestDeadline):
             return EqualShare._share(self, budget_a, keeps)
         order = sorted(self.sessions, key=lambda k: (self.departures.get(k, math.inf), self.sessions[k].started_at))
         can_use = {k: keeps.get(k, self._ev_max_a(k)) for k in order}
-        volts = self.site.voltage_v
-        planned = {k: min(self.plan.ev_power_w(k, self._now) / (volts * self._ev_phases(k)), can_use[k]) for k in order}
-        planned = _round_to_minimum(order, planned, can_use)
-        shares: dict[ConnectorKey, float] = {}
-        rest = budget_a
-        for key in order:
-            grant = min(planned[key], rest)
-            # Sums of floats leave 6 A a hair short; the host floors to 0.1 A, which would make it 5.9 A.
-            shares[key] = max(grant, MIN_CURRENT_A) if grant >= MIN_CURRENT_A - 1e-6 else 0.0
-            rest -= shares[key]
+        planned = _round_to_minimum(order, self._planned_a(order, can_use), can_use)
+        priority = {k: self.site.station(k[0]).priority for k in order}
+        served_first = sorted(order, key=lambda k: -priority[k])  # stable: earliest departure first within a group
+        shares = _cap_to_budget(served_first, planned, budget_a, priority)
+        rest = budget_a - sum(shares.values())
         if self._cheapest_now():
             met = [k for k in order if shares[k] == 0.0 and self._request(k, self._now)[1] <= 0.0]
             shares.update(self._fill_equally(met, rest, keeps))
-        if any(value < self.shares.get(key, 0.0) - self.step_a for key, value in shares.items()):
-            # A new plan moves current between EVs: lower first, raise a period later, so that the
-            # raised EV does not draw before the lowered one lets go (both lag their offers by seconds).
-            shares = {key: min(value, self.shares.get(key, 0.0)) for key, value in shares.items()}
-        return {key: self._hysteresis(key, value) for key, value in shares.items()}
+        shares = self._raise_into_room(self._delay_switching(shares, budget_a), budget_a)
+        before = self.shares
+        for key, value in shares.items():
+            if (value > 0.0) != (before.get(key, 0.0) > 0.0):
+                self._switched_at[key] = self._now
+        return self._hold_steady(shares)
+
+    def _raise_into_room(self, shares: dict[ConnectorKey, float], budget_a: float) -> dict[ConnectorKey, float]:
+        """Lower at once; raise only into the room the budget has while every EV still draws its previous share.
+
+        EVs lag their offers by seconds: when current moves between EVs, the raised one must not draw
+        before the lowered one lets go. What does not fit now is raised a period later, when the
+        lowered EVs' new shares are what they draw. (Deferring every raise whenever anything was
+        lowered instead starved the campus: with the budget binding, something is always lowered.)
+        Raises go in ``shares``' order (earliest departure first); 0 or >= 6 A as ever.
+        """
+        before = self.shares
+        room_a = budget_a - sum(before.get(key, 0.0) for key in shares)
+        raised = {}
+        for key, value in shares.items():
+            old = before.get(key, 0.0)
+            if value <= old:
+                raised[key] = value
+                continue
+            grant = old + min(value - old, max(room_a, 0.0))
+            raised[key] = grant if grant >= MIN_CURRENT_A else old
+            room_a -= raised[key] - old
+        return raised
+
+    def _delay_switching(self, shares: dict[ConnectorKey, float], budget_a: float) -> dict[ConnectorKey, float]:
+        """No EV starts or pauses within ``switch_delay_s`` of its last start or pause, unless the budget needs it.
+
+        The plan's current for an EV at the margin (the one the spare reaches last, the last 6 A that
+        fits) moves with every EV's meter values; without a delay such EVs were started and paused
+        every minute (OSCILLATION on the campus). Chargers and EVs also dislike it: each pause is a
+        contactor cycle. A running EV kept beyond its pause keeps 6 A — only while the budget has it.
+        """
+        held = dict(shares)
+        kept = []
+        for key, value in shares.items():
+            before = self.shares.get(key, 0.0)
+            if self._now - self._switched_at.get(key, -math.inf) >= self.switch_delay_s:
+                continue
+            if before == 0.0 and value > 0.0:
+                held[key] = 0.0
+            elif before > 0.0 and value == 0.0:
+                held[key] = min(before, MIN_CURRENT_A)
+                kept.append(key)
+        if sum(held.values()) > budget_a:
+            held.update(dict.fromkeys(kept, 0.0))
+        return held
+
+    def _planned_a(self, order: list[ConnectorKey], can_use: dict[ConnectorKey, float]) -> dict[ConnectorKey, float]:
+        """The plan's current for each EV now [A per phase], within what each can use.
+
+        What the plan gives EVs that cannot take it (full, tapering, drawing less than their charger
+        allows) goes to EVs that still want energy, earliest departure first: the plan meant that
+        much to be delivered now, and it stays within the plan's power, so within its peak."""
+        assert self.plan is not None
+        volts = self.site.voltage_v
+        phases = {k: self._ev_phases(k) for k in order}
+        wanted = {k: self.plan.ev_power_w(k, self._now) / (volts * phases[k]) for k in order}
+        planned = {k: min(wanted[k], can_use[k]) for k in order}
+        spare_w = sum((wanted[k] - planned[k]) * volts * phases[k] for k in order)
+        # EVs already charging first: the spare moves every time an EV's meter values do, and it should move
+        # currents, not start and pause EVs. (Spread over all of them in proportion to their room instead, it
+        # moved every bus of the depot by amps each time: 17 OSCILLATION findings against 2.)
+        for key in sorted(order, key=lambda k: self.shares.get(k, 0.0) == 0.0):
+            if spare_w <= 1e-6:
+                break
+            room_a = can_use[key] - planned[key]
+            if room_a <= 0 or self._request(key, self._now)[1] <= 0:
+                continue
+            extra_a = min(room_a, spare_w / (volts * phases[key]))
+            planned[key] += extra_a
+            spare_w -= extra_a * volts * phases[key]
+        return planned
 
     def _cheapest_now(self) -> bool:
         """Whether energy beyond the requests costs the least it can now: the cheapest interval, no demand charge."""
@@ -270,17 +369,53 @@ class Smart(EarliestDeadline):
         if self.plan is None:
             return 0.0  # the fallback idles the battery: the safe state without a plan
         power_w = self.plan.battery_power_w(now)
-        if power_w <= 0:
-            return power_w
-        if self.reading is None or self.meter_fault is not None:
-            return 0.0  # charging adds load the controller cannot see
-        # Charging only into the headroom the meter shows (what it charges now already shows in it).
-        charging_w = max(self.battery.power_w, 0.0) if self.battery is not None else 0.0
+        # What it does now (+ charging), as its inverter last reported: that already shows on the site meter.
+        now_w = self.battery.power_w if self.battery is not None else 0.0
+        if power_w <= min(now_w, 0.0):
+            return power_w  # discharging more: less import, always safe
+        # (Judged here: EqualShare's allocate judges the meter only while sessions run.)
+        if self.reading is None or self._meter_fault(self.reading, now) is not None:
+            return min(power_w, now_w, 0.0)  # never more load than now where the controller cannot see it
+        # More import — charging, or discharging less (at a quarter hour 143 kW of discharge stopped at once and
+        # the site drew 1,104 A of its 900 A for 4 s) — only into the headroom the meter shows.
         # Meters show current magnitudes: while the site exports, charging first shrinks the current.
         worst_a = max(self.reading.currents_a)
         headroom_a = self.limit_a - self.margin_a + (worst_a if self.reading.power_w < 0 else -worst_a)
         headroom_w = headroom_a * self.site.voltage_v * self.site.phases
-        return max(min(power_w, headroom_w + charging_w), 0.0)
+        return min(power_w, now_w + max(headroom_w, 0.0))
+
+
+def _cap_to_budget(order: list[ConnectorKey], planned: dict[ConnectorKey, float], budget_a: float,
+                   priority: Mapping[ConnectorKey, int] | None = None) -> dict[ConnectorKey, float]:
+    """The planned currents within the live budget [A], 0 or >= 6 A each.
+
+    When the budget is short of the plan (the building draws more than forecast, EVs more than
+    planned), the lowest priority group gives first: each of its running EVs the same fraction of
+    what it has above 6 A, so that the cut is spread over many EVs in steps the hysteresis holds —
+    cutting the EVs last in line instead made each of them carry every swing of the meter loop, and
+    cutting every group alike made the fleet's 32 A chargers swing most (OSCILLATION on the campus).
+    When not even 6 A each fit, EVs in ``order`` (first served first) get 6 A, as many as fit, and
+    the others pause.
+    """
+    priority = priority or {}
+    shares = {k: (max(v, MIN_CURRENT_A) if v >= MIN_CURRENT_A - 1e-6 else 0.0) for k, v in planned.items()}
+    excess_a = sum(shares.values()) - budget_a
+    if excess_a <= 0:
+        return shares
+    for group in sorted({priority.get(k, 0) for k in shares}):
+        members = [k for k in shares if priority.get(k, 0) == group and shares[k] > MIN_CURRENT_A]
+        above_a = sum(shares[k] - MIN_CURRENT_A for k in members)
+        if above_a <= 0:
+            continue
+        kept = max(1.0 - excess_a / above_a, 0.0)
+        for key in members:
+            shares[key] = MIN_CURRENT_A + kept * (shares[key] - MIN_CURRENT_A)
+        excess_a -= above_a * (1.0 - kept)
+        if excess_a <= 1e-9:
+            return shares
+    fits = int(max(budget_a, 0.0) // MIN_CURRENT_A)
+    chosen = [k for k in order if shares[k] > 0][:fits]
+    return {k: (MIN_CURRENT_A if k in chosen else 0.0) for k in shares}
 
 
 def _round_to_minimum(order: list[ConnectorKey], planned: dict[ConnectorKey, float],

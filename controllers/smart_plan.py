@@ -19,7 +19,12 @@ Constraints:
   EV all of it on its phase (on every phase when which one is unknown: the worst case);
 - each EV: energy + shortfall = its request, so it never gets more than it asked for; the shortfall
   is penalised far above any price so that the deadline comes first, and an infeasible request
-  still solves with the least shortfall;
+  still solves with the least shortfall. The penalty per kWh is higher the less energy the session
+  will have had (what it took already plus what the plan gives): in tiers of the session's energy, the
+  lowest tier costs 1.5 × the highest. So when not every request fits, the shortfall is shared — the
+  session with the least energy is served first — instead of falling on whichever EVs the solver's
+  vertex happens to starve (with one penalty for all, any split of a scarce kWh costs the same). An
+  EV's ``weight`` multiplies its penalty: what comes first when not everything fits;
 - the battery: stored(t) = stored(t−1) + efficiency × charge − discharge / efficiency, within its
   SoC window (widened to the SoC it has now, so that a battery outside its window is not infeasible);
 - peak ≥ the mean import power of every interval (and ≥ the billing period's peak so far).
@@ -68,6 +73,10 @@ HORIZON_S = 24 * 3600.0
 # far above the solver's tolerances (1e-7).
 EARLIER_PER_INTERVAL = 1e-5
 BATTERY_THROUGHPUT = 1e-5
+# The shortfall penalty of a session's lowest energy tier over its highest's, and how many tiers span the
+# largest session: enough to share a shortfall within a few kWh, few enough to stay small next to the energies.
+FAIRNESS = 0.5
+TIERS = 12
 # What the battery holds at the end is worth this much less per kWh than using it within the horizon,
 # so that a flat price does not leave it full for a future the plan cannot see.
 HOLD_DISCOUNT = 1e-4
@@ -83,7 +92,10 @@ class PlanEV:
 
     ``departure`` is epoch seconds; ``energy_kwh`` what it still wants by then; ``max_power_w`` what it
     can take (its current limit × voltage × its phases). ``phase`` (0..2) is the grid phase of a
-    1-phase EV when known, None when not (then it counts on every phase).
+    1-phase EV when known, None when not (then it counts on every phase). ``taken_kwh``: what the
+    session took before now (only ranks whose shortfall costs more when not everything fits).
+    ``weight`` (>= 1) multiplies the penalty of its shortfall: the installer's priority groups, and a
+    stated request over a guessed one.
     """
 
     key: Hashable
@@ -92,6 +104,8 @@ class PlanEV:
     max_power_w: float
     phases: int = 3
     phase: int | None = None
+    taken_kwh: float = 0.0
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -278,7 +292,9 @@ def plan(problem: PlanProblem, time_limit_s: float | None = None) -> Plan:
 
     lp = _Programme()
     ev_columns: list[np.ndarray] = []  # per EV: its column per interval, -1 outside its stay
-    shortfall_columns: list[int] = []
+    shortfall_columns: list[list[int]] = []  # per EV: its shortfall per energy tier
+    top_kwh = max((max(ev.taken_kwh, 0.0) + max(ev.energy_kwh, 0.0) for ev in problem.evs), default=0.0)
+    tier_kwh = max(top_kwh / TIERS, 1e-3)
     for ev in problem.evs:
         reachable = _overlaps(edges, problem.start, ev.departure) / 3600.0 * max(ev.max_power_w, 0.0) / 1000.0
         columns = np.full(n, -1)
@@ -289,9 +305,16 @@ def plan(problem: PlanProblem, time_limit_s: float | None = None) -> Plan:
         columns[stay] = lp.columns(EARLIER_PER_INTERVAL * urgency * (stay + 1), np.zeros(len(stay)), reachable[stay])
         ev_columns.append(columns)
         request = max(ev.energy_kwh, 0.0)
-        shortfall = lp.column(penalty, 0.0, request)
-        shortfall_columns.append(shortfall)
-        lp.row({**{int(c): 1.0 for c in columns[stay]}, shortfall: 1.0}, request, request)
+        tiers = []
+        # The request spans the session's energy from what it took to what it wants: cut at whole tiers.
+        low = max(ev.taken_kwh, 0.0)
+        cuts = [low, *np.arange((math.floor(low / tier_kwh) + 1) * tier_kwh, low + request, tier_kwh), low + request]
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if b > a:
+                weight = 1.0 + FAIRNESS * (1.0 - (a + b) / 2 / max(top_kwh, 1e-9))
+                tiers.append(lp.column(penalty * max(ev.weight, 1.0) * weight, 0.0, b - a))
+        shortfall_columns.append(tiers)
+        lp.row({**{int(c): 1.0 for c in columns[stay]}, **{c: 1.0 for c in tiers}}, request, request)
 
     battery = problem.battery
     if battery is not None:
@@ -353,7 +376,7 @@ def plan(problem: PlanProblem, time_limit_s: float | None = None) -> Plan:
     return Plan(
         boundaries=tuple(edges.tolist()),
         ev_kwh=ev_kwh,
-        shortfall_kwh={ev.key: float(solution[c]) for ev, c in zip(problem.evs, shortfall_columns)},
+        shortfall_kwh={ev.key: float(sum(solution[c] for c in tiers)) for ev, tiers in zip(problem.evs, shortfall_columns)},
         battery_kwh=battery_kwh,
         import_kwh=tuple(imported.tolist()),
         export_kwh=tuple(exported.tolist()),

@@ -13,9 +13,10 @@ import pytest
 import controllers.smart as smart_module
 from bench.runner import run_scenario
 from controllers.api import (BATTERY, BatteryConfig, BatteryReading, BatterySetpoint, ChargingNeeds, GridSignal, Limit,
+                             MeterSample,
                              PowerForecast, PricePeriod, Session, SiteConfig, SiteReading, StationConfig)
 from controllers.equal_share import EqualShare
-from controllers.smart import Smart, _round_to_minimum
+from controllers.smart import Smart, _cap_to_budget, _round_to_minimum
 from controllers.smart_plan import PlanError
 
 NOW = 1_772_438_400.0  # 2026-03-02 08:00 UTC
@@ -148,8 +149,110 @@ def test_the_live_meter_budget_caps_the_plan():
     assert _settled(controller) == {a: 32.0, b: 31.0}
     # Building load the plan did not know: the meter reads 84 A, 21 A over what the controller aims at.
     shares = _allocate(controller, 84.0)
-    assert shares == {a: 32.0, b: 10.0}  # the later departure gives way at once
+    # At once, and each EV gives up the same fraction of what it has above 6 A: 42 A left of 63 A.
+    assert shares == {a: pytest.approx(6 + 26 * 30 / 51), b: pytest.approx(6 + 25 * 30 / 51)}
     assert sum(shares.values()) <= 63.0 - 21.0
+
+
+def test_what_the_plan_gives_an_ev_that_cannot_take_it_goes_to_one_that_still_wants_energy():
+    controller = Smart(_site(limit_a=64.0))  # 63 A for EVs
+    a, b, c = _start(controller, "CP1"), _start(controller, "CP2"), _start(controller, "CP3")
+    _needs(controller, "CP1", NOW + 1 * HOUR, 40_000.0)
+    _needs(controller, "CP2", NOW + 2 * HOUR, 40_000.0)
+    _needs(controller, "CP3", NOW + 3 * HOUR, 40_000.0)
+    assert _settled(controller) == {a: 32.0, b: 31.0, c: 0.0}
+    # a's battery tapers: it takes 12 A of its 32 A. Until the next plan, the 18 A it leaves (it keeps what it
+    # draws plus 2 A) go to b up to its 32 A and then to c, which the plan had not given anything in this interval.
+    now = NOW + 60
+    for key, drawn in ((a, 12.0), (b, 31.0)):
+        controller.on_meter_sample(MeterSample(key[0], 1, now, (drawn,) * 3, 32.0 if key == a else 31.0, None, None),
+                                   now)
+    lowered = _allocate(controller, 43.0, now)
+    # Lower first; raise only into the room there is while a still draws its 32 A (EVs lag their offers): b's 1 A
+    # fits in the budget of 65 A (43 A read, 22 A of headroom, capped at what was promised plus the headroom).
+    assert lowered == {a: 14.0, b: 32.0, c: 0.0}
+    shares = _allocate(controller, 45.0, now + 5)
+    assert shares[a] == 14.0 and shares[b] == 32.0 and shares[c] == pytest.approx(17.0)
+    assert controller.plan is not None and sum(shares.values()) <= 63.0
+
+
+def test_the_fleet_group_and_stated_requests_come_first_when_not_everything_fits():
+    site = SiteConfig(limit_a=32.0, options={"finish_before_s": 0, "default_departure": "09:00",
+                                             "default_energy_kwh": 40},
+                      stations=(StationConfig("STAFF", 32.0), StationConfig("FLEET", 32.0, priority=1),
+                                StationConfig("ISO", 32.0, ocpp="2.0.1")))
+    controller = Smart(site)
+    staff, fleet, iso = _start(controller, "STAFF"), _start(controller, "FLEET"), _start(controller, "ISO")
+    _needs(controller, "ISO", NOW + HOUR, 40_000.0)
+    # 31 A for an hour is 21 kWh; each wants 40 kWh by 09:00. The fleet first, then the stated request.
+    assert _settled(controller) == {fleet: 31.0, iso: 0.0, staff: 0.0}
+    controller.on_session_ended(Session("FLEET", 1, "FLEET-1", "TAG", NOW), 0.0, NOW)
+    assert _settled(controller) == {iso: 31.0, staff: 0.0}
+
+
+def test_a_one_phase_ev_is_planned_on_the_site_phase_its_charger_is_wired_to_even_while_paused():
+    site = SiteConfig(limit_a=32.0, options={"finish_before_s": 0},
+                      stations=(StationConfig("CP1", 16.0, rotation="L2L3L1"), StationConfig("CP2", 16.0)))
+    controller = Smart(site)
+    one, three = _start(controller, "CP1"), _start(controller, "CP2")
+    assert [ev.phases for ev in controller.problem(NOW).evs] == [3, 3]  # nothing seen yet: the chargers' phases
+    for station, currents in (("CP1", (16.0, 0.0, 0.0)), ("CP2", (16.0, 16.0, 16.0))):
+        controller.on_meter_sample(MeterSample(station, 1, NOW + 60, currents, 16.0, None, None), NOW + 60)
+    for at in (NOW + 60, NOW + 120):
+        evs = {ev.key: ev for ev in controller.problem(at).evs}
+        # The charger's L1 is the site's L2 (phase 1); a 1-phase EV's power is 16 A on one phase.
+        assert (evs[one].phases, evs[one].phase, evs[one].max_power_w) == (1, 1, 16.0 * 230)
+        assert (evs[three].phases, evs[three].phase) == (3, None)
+        # Paused: its samples show no phase drawing; it is still the same 1-phase EV.
+        controller.on_meter_sample(MeterSample("CP1", 1, at + 60, (0.0, 0.0, 0.0), 0.0, None, None), at + 60)
+
+
+def test_current_moving_between_evs_is_lowered_at_once_and_raised_into_the_room_left():
+    controller = Smart(_site(limit_a=64.0))
+    a, b, c = _start(controller, "CP1"), _start(controller, "CP2"), _start(controller, "CP3")
+    controller.shares = {a: 10.0, b: 10.0, c: 0.0}
+    # The budget binds (20 A): a new plan moves 2 A from b to a and would start c. b lowers now; a gets its 2 A a
+    # period later, when b no longer draws them; c does not start on the 0 A left.
+    assert controller._raise_into_room({a: 12.0, b: 8.0, c: 6.0}, budget_a=20.0) == {a: 10.0, b: 8.0, c: 0.0}
+    controller.shares = {a: 10.0, b: 8.0, c: 0.0}
+    assert controller._raise_into_room({a: 12.0, b: 8.0, c: 0.0}, budget_a=20.0) == {a: 12.0, b: 8.0, c: 0.0}
+    # Room for part of a raise: granted, as long as a starting EV gets its 6 A.
+    controller.shares = {a: 10.0, b: 8.0, c: 0.0}
+    assert controller._raise_into_room({a: 16.0, b: 8.0, c: 6.0}, budget_a=27.0) == {a: 16.0, b: 8.0, c: 0.0}
+    assert controller._raise_into_room({a: 10.0, b: 8.0, c: 16.0}, budget_a=27.0) == {a: 10.0, b: 8.0, c: 9.0}
+
+
+def test_an_ev_is_not_started_or_paused_again_within_the_switch_delay_unless_the_budget_needs_it():
+    controller = Smart(_site(limit_a=64.0, switch_delay_s=120))
+    a, b = _start(controller, "CP1"), _start(controller, "CP2")
+    controller.shares = {a: 16.0, b: 0.0}
+    controller._switched_at = {a: NOW - 60, b: NOW - 60}  # a started, b paused a minute ago
+    controller._now = NOW
+    # The plan's margin moved: now it would pause a and start b.
+    assert controller._delay_switching({a: 0.0, b: 16.0}, budget_a=40.0) == {a: 6.0, b: 0.0}
+    # ... a keeps 6 A only while the budget has it.
+    assert controller._delay_switching({a: 0.0, b: 16.0}, budget_a=5.0) == {a: 0.0, b: 0.0}
+    # Currents move freely; after the delay, starts and pauses do too.
+    assert controller._delay_switching({a: 10.0, b: 0.0}, budget_a=40.0) == {a: 10.0, b: 0.0}
+    controller._now = NOW + 60
+    assert controller._delay_switching({a: 0.0, b: 16.0}, budget_a=40.0) == {a: 0.0, b: 16.0}
+
+
+def test_a_budget_short_of_the_plan_cuts_each_ev_above_6_a_alike_and_pauses_when_6_a_each_do_not_fit():
+    order = [("A", 1), ("B", 1), ("C", 1)]  # earliest departure first
+    planned = {("A", 1): 8.0, ("B", 1): 16.0, ("C", 1): 16.0}
+    assert _cap_to_budget(order, planned, 50.0) == planned  # within the budget: the plan as it is
+    # 29 A for 40 A planned: 18 A are the three 6-A minimums, 11 A of the 22 A above them are left: half each.
+    assert _cap_to_budget(order, planned, 29.0) == {("A", 1): 7.0, ("B", 1): 11.0, ("C", 1): 11.0}
+    # 13 A: not 6 A each (IEC 61851-1's minimum): the earliest departures get 6 A, the rest pause.
+    assert _cap_to_budget(order, planned, 13.0) == {("A", 1): 6.0, ("B", 1): 6.0, ("C", 1): 0.0}
+    # With priority groups the lowest gives first: here B and C (staff) give all 11 A, A (fleet) keeps its 8 A; 19 A
+    # more and the fleet gives too.
+    fleet = {("A", 1): 1}
+    assert _cap_to_budget(order, planned, 29.0, fleet) == {("A", 1): 8.0, ("B", 1): 10.5, ("C", 1): 10.5}
+    assert _cap_to_budget(order, planned, 19.0, fleet) == {("A", 1): 7.0, ("B", 1): 6.0, ("C", 1): 6.0}
+    # A hair under 6 A from a sum of floats is 6 A, not 5.9 A after the host's rounding.
+    assert _cap_to_budget(order, {("A", 1): 6.0 - 1e-9, ("B", 1): 0.0, ("C", 1): 0.0}, 20.0)[("A", 1)] == 6.0
 
 
 def test_planned_currents_under_6_a_are_rounded_to_0_or_6_a_and_rebalanced():
@@ -176,6 +279,25 @@ def test_the_battery_stores_pv_the_site_would_otherwise_export_for_nothing():
     # Charging is capped by the headroom the meter shows: here only 5 A per phase are left.
     controller.on_site_reading(SiteReading(NOW + 5, (26.0, 26.0, 26.0), 17_940.0, 0.0), NOW + 5)
     assert controller.allocate(NOW + 5)[BATTERY].power_w == pytest.approx(5 * 230 * 3)
+
+
+def test_the_battery_discharges_less_only_into_the_headroom_the_meter_shows():
+    battery = BatteryConfig(capacity_kwh=200, max_charge_w=100_000, max_discharge_w=100_000)
+    controller = Smart(SiteConfig(limit_a=100.0, battery=battery, stations=(StationConfig("CP1"),)))
+    # Expensive until 09:00: the plan discharges then, and stops at 09:00.
+    controller.on_grid_signal(_prices((0, 1, 0.60), (1, 24, 0.10)), NOW)
+    controller.on_battery_reading(BatteryReading(NOW, 0.9, -50_000.0), NOW)
+    controller.on_site_reading(SiteReading(NOW, (40.0, 40.0, 40.0), 27_600.0, 0.0), NOW)
+    assert controller.allocate(NOW)[BATTERY].power_w < -50_000.0  # discharging more is always safe
+    # 09:00: the site draws 90 A of the 99 A the controller aims at while the battery, down to its minimum SoC,
+    # still gives 50 kW. Stopping at once would add 72 A; it may give up only the 9 A the meter shows free.
+    later = NOW + HOUR
+    controller.on_battery_reading(BatteryReading(later, battery.min_soc, -50_000.0), later)
+    controller.on_site_reading(SiteReading(later, (90.0, 90.0, 90.0), 62_100.0, 0.0), later)
+    assert controller.allocate(later)[BATTERY].power_w == pytest.approx(-50_000.0 + 9 * 690)
+    # The meter stops answering: it holds what it does (no more load than now where it cannot see).
+    controller.on_meter_unavailable("timeout", later + 5)
+    assert controller.allocate(later + 5)[BATTERY].power_w == pytest.approx(-50_000.0)
 
 
 def test_grid_signals_and_sessions_ask_for_a_new_plan_and_quarter_hours_too():

@@ -61,6 +61,26 @@ def test_an_infeasible_request_still_solves_with_the_least_shortfall():
     assert sum(shared.shortfall_kwh.values()) == pytest.approx(20.0 - SITE_16A_KW)
 
 
+def test_when_not_every_request_fits_the_session_with_the_least_energy_is_served_first():
+    # 11.04 kWh in the hour for two EVs wanting 20 kWh each. With one penalty for every kWh short, any split is
+    # optimal and the solver's vertex gives it all to one of them; the tiers share it.
+    even = plan(PlanProblem(start=T0, limit_a=16, evs=(PlanEV("a", T0 + HOUR, 20.0, 11_040),
+                                                       PlanEV("b", T0 + HOUR, 20.0, 11_040))))
+    tier_kwh = 20.0 / 12
+    assert sum(even.ev_kwh["a"]) == pytest.approx(SITE_16A_KW / 2, abs=tier_kwh)
+    assert sum(even.ev_kwh["a"]) + sum(even.ev_kwh["b"]) == pytest.approx(SITE_16A_KW)
+    # b took 20 kWh before now, a nothing: a is served first.
+    ahead = plan(PlanProblem(start=T0, limit_a=16, evs=(PlanEV("a", T0 + HOUR, 20.0, 11_040),
+                                                        PlanEV("b", T0 + HOUR, 20.0, 11_040, taken_kwh=20.0))))
+    assert sum(ahead.ev_kwh["a"]) == pytest.approx(SITE_16A_KW)
+    assert ahead.shortfall_kwh == {"a": pytest.approx(20.0 - SITE_16A_KW), "b": pytest.approx(20.0)}
+    # A weight (the installer's priority) comes before the energy taken.
+    first = plan(PlanProblem(start=T0, limit_a=16, evs=(PlanEV("a", T0 + HOUR, 20.0, 11_040),
+                                                        PlanEV("b", T0 + HOUR, 20.0, 11_040, taken_kwh=20.0,
+                                                               weight=4.0))))
+    assert sum(first.ev_kwh["b"]) == pytest.approx(SITE_16A_KW)
+
+
 def test_the_battery_shifts_pv_to_later():
     # 10 kW of PV for two hours, 2 kW of building load all day, exporting earns nothing: the battery
     # stores the 16 kWh of surplus and gives it back to the building later instead of importing.
