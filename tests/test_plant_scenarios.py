@@ -78,6 +78,9 @@ def test_campus_run_commands_the_battery_through_modbus_and_records_it(tmp_path:
     site = ChargingBattery.sites[0]
     assert site.battery.capacity_kwh == 500 and site.pv_peak_w == 500_000.0
     assert site.options == {"reserve_soc": 0.2} and site.stations[0].priority == 2
+    # The installer's phase wiring reaches the controller: campus chargers rotate L1L2L3, L2L3L1, L3L1L2.
+    assert [s.rotation for s in site.stations[:3]] == ["L1L2L3", "L2L3L1", "L3L1L2"]
+    assert site.stations[1].site_phase(0) == 1
     assert ChargingBattery.readings and ChargingBattery.readings[0].soc == 0.5
     trace = load_trace(tmp_path / "campus.db")
     powers = [battery_w for _, _, battery_w, _ in trace.plant]

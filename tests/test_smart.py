@@ -6,12 +6,15 @@ three-phase and draws what it was given. Times start on a quarter hour (08:00 UT
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 import controllers.smart as smart_module
 from bench.runner import run_scenario
+from bench.scenario import find_scenario, parse_scenario
+from bench.trace import load_trace
 from controllers.api import (BATTERY, BatteryConfig, BatteryReading, BatterySetpoint, ChargingNeeds, GridSignal, Limit,
                              MeterSample,
                              PowerForecast, PricePeriod, Session, SiteConfig, SiteReading, StationConfig)
@@ -321,3 +324,26 @@ def test_a_short_depot_run_behind_the_real_host_holds_the_limit(tmp_path: Path) 
     assert result.verdict == "pass", verdicts
     assert verdicts["SITE-LIMIT"] == verdicts["MIN-CURRENT"] == verdicts["NEEDS-ANSWERED"] == "pass"
     assert result.metrics["energy_delivered_kwh"] > 5.0
+
+
+def test_on_a_small_campus_behind_the_real_host_the_fleet_charges_first_and_the_limit_holds(tmp_path: Path) -> None:
+    # Two fleet vans (priority 1, ISO 15118) and six staff cars (OCPP 1.6, installer's defaults) on 60 A per phase,
+    # of which the building takes 20 A: 40 A for 6 x 16 A staff + 2 x 32 A fleet. The fleet is served first.
+    data = tomllib.loads(find_scenario("campus-200").read_text())
+    keep = {"F01", "F02", "S001", "S002", "S003", "S004", "S005", "S006"}
+    data["stations"] = [s for s in data["stations"] if s["id"] in keep]
+    data["vehicles"] = [dict(v, arrival=f"+{i + 1}m") for i, v in enumerate(v for v in data["vehicles"]
+                                                                           if v["station"] in keep)]
+    data["events"] = []
+    data["site"] = dict(data["site"], limit_a=60, building_load=[["00:00", 20]])
+    data["site"].pop("pv")
+    data["site"].pop("battery")
+    data["clock"] = dict(data["clock"], start="2026-06-17T07:00:00Z", duration="40m")
+    result = run_scenario(parse_scenario(data, "small-campus"), "controllers.smart:Smart", trace=tmp_path / "t.db")
+    verdicts = {check.id: check.verdict for check in result.checks}
+    assert verdicts["SITE-LIMIT"] == "pass" and verdicts["BREAKER"] == "pass"
+    trace = load_trace(tmp_path / "t.db")
+    energy = {station: samples[-1][7] for (station, _), samples in trace.stations.items()}
+    fleet = min(energy["F01"], energy["F02"])
+    staff = max(energy[s] for s in keep if s.startswith("S"))
+    assert fleet > 2 * staff, energy
