@@ -42,6 +42,15 @@ def _needs(controller: Smart, station_id: str, departure: float | None, energy_w
                                                32.0, 3), NOW)
 
 
+def _wanting_40_kwh(controller: Smart, leaving_after_h: tuple[float, ...]) -> list[tuple[str, int]]:
+    """EVs on CP1, CP2, … stating 40 kWh by these departures [h from now]."""
+    keys = []
+    for i, hours in enumerate(leaving_after_h, start=1):
+        keys.append(_start(controller, f"CP{i}"))
+        _needs(controller, f"CP{i}", NOW + hours * HOUR, 40_000.0)
+    return keys
+
+
 def _allocate(controller: EqualShare, drawn_a: float, now: float = NOW) -> dict[tuple[str, int], float]:
     controller.on_site_reading(SiteReading(now, (drawn_a,) * 3, drawn_a * 690, 0.0), now)
     return {key: d.limit_a for key, d in controller.allocate(now).items() if isinstance(d, Limit)}
@@ -60,10 +69,7 @@ def _prices(*periods: tuple[float, float, float]) -> GridSignal:
 
 def test_without_any_signal_the_earliest_departure_charges_first_under_the_site_limit():
     controller = Smart(_site(limit_a=64.0))  # 63 A for EVs
-    a, b, c = _start(controller, "CP1"), _start(controller, "CP2"), _start(controller, "CP3")
-    _needs(controller, "CP1", NOW + 3 * HOUR, 40_000.0)
-    _needs(controller, "CP2", NOW + 1 * HOUR, 40_000.0)
-    _needs(controller, "CP3", NOW + 2 * HOUR, 40_000.0)
+    a, b, c = _wanting_40_kwh(controller, leaving_after_h=(3, 1, 2))
     shares = _settled(controller)
     assert controller.plan is not None and controller.plan_error is None
     assert shares == {b: 32.0, c: 31.0, a: 0.0}  # as earliest_deadline would
@@ -159,10 +165,7 @@ def test_the_live_meter_budget_caps_the_plan():
 
 def test_what_the_plan_gives_an_ev_that_cannot_take_it_goes_to_one_that_still_wants_energy():
     controller = Smart(_site(limit_a=64.0))  # 63 A for EVs
-    a, b, c = _start(controller, "CP1"), _start(controller, "CP2"), _start(controller, "CP3")
-    _needs(controller, "CP1", NOW + 1 * HOUR, 40_000.0)
-    _needs(controller, "CP2", NOW + 2 * HOUR, 40_000.0)
-    _needs(controller, "CP3", NOW + 3 * HOUR, 40_000.0)
+    a, b, c = _wanting_40_kwh(controller, leaving_after_h=(1, 2, 3))
     assert _settled(controller) == {a: 32.0, b: 31.0, c: 0.0}
     # a's battery tapers: it takes 12 A of its 32 A. Until the next plan, the 18 A it leaves (it keeps what it
     # draws plus 2 A) go to b up to its 32 A and then to c, which the plan had not given anything in this interval.
