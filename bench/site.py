@@ -19,6 +19,8 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from controllers.api import PHASE_ROTATIONS
+
 __all__ = [
     "PHASE_ROTATIONS",
     "station_to_site",
@@ -38,14 +40,8 @@ _JOULES_PER_KWH = 3.6e6
 
 # -- phase wiring -----------------------------------------------------------------------------
 
-# Station phase i is wired to site phase PHASE_ROTATIONS[rotation][i]. Installers rotate the
-# phases from one charger to the next so that single-phase EVs (which draw on the station's L1
-# only) spread over the site's three phases instead of all landing on L1.
-PHASE_ROTATIONS: dict[str, tuple[int, int, int]] = {
-    "L1L2L3": (0, 1, 2),
-    "L2L3L1": (1, 2, 0),
-    "L3L1L2": (2, 0, 1),
-}
+# Station phase i is wired to site phase PHASE_ROTATIONS[rotation][i] — the installer's convention, which
+# controllers are told too (controllers.api owns the table, so that plant and controllers cannot disagree).
 
 # Inverse maps, so that site phase j reads station phase _SITE_FROM_STATION[rotation][j]
 # without building a list per call.

@@ -46,6 +46,16 @@ from functools import cached_property
 from typing import Mapping
 
 
+# Charger phase i is wired to site phase PHASE_ROTATIONS[rotation][i]. Installers rotate the phases from one
+# charger to the next so that single-phase EVs (which draw on the charger's L1 only) spread over the site's
+# three phases instead of all landing on L1.
+PHASE_ROTATIONS: dict[str, tuple[int, int, int]] = {
+    "L1L2L3": (0, 1, 2),
+    "L2L3L1": (1, 2, 0),
+    "L3L1L2": (2, 0, 1),
+}
+
+
 @dataclass(frozen=True)
 class StationConfig:
     """What the installer told the controller about one charger."""
@@ -66,7 +76,7 @@ class StationConfig:
 
     def site_phase(self, station_phase: int) -> int:
         """The site phase (0..2) the charger's phase ``station_phase`` (0..2) is wired to."""
-        return "L1L2L3".index(self.rotation[2 * station_phase:2 * station_phase + 2]) // 2
+        return PHASE_ROTATIONS[self.rotation][station_phase]
 
 
 @dataclass(frozen=True)

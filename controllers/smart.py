@@ -18,8 +18,8 @@ for each EV; what an EV cannot take (full, tapering) goes to EVs that still want
 departure first. IEC 61851-1's 6 A minimum is not convex, so it is handled here, not in the programme:
 planned currents under 6 A are rounded up to 6 A, earliest departure first, and what that adds is
 taken back from the EVs leaving last. The result is always capped by the live budget of
-:class:`~controllers.equal_share.EqualShare`'s loop on the site meter (the largest currents cut to a
-common level), so the site limit holds when EVs draw differently from the plan and when the plan is
+:class:`~controllers.equal_share.EqualShare`'s loop on the site meter (the lowest priority group
+trimmed first, each EV alike above 6 A), so the site limit holds when EVs draw differently from the plan and when the plan is
 wrong. What the budget has left goes to EVs whose request is met — only when energy is at its
 cheapest in the horizon now and no demand charge is at stake, so that it costs the least it can;
 without any tariff that is always, and the controller is then roughly earliest-deadline-first

@@ -311,8 +311,8 @@ def plan(problem: PlanProblem, time_limit_s: float | None = None) -> Plan:
         cuts = [low, *np.arange((math.floor(low / tier_kwh) + 1) * tier_kwh, low + request, tier_kwh), low + request]
         for a, b in zip(cuts[:-1], cuts[1:]):
             if b > a:
-                weight = 1.0 + FAIRNESS * (1.0 - (a + b) / 2 / max(top_kwh, 1e-9))
-                tiers.append(lp.column(penalty * max(ev.weight, 1.0) * weight, 0.0, b - a))
+                fairness = 1.0 + FAIRNESS * (1.0 - (a + b) / 2 / max(top_kwh, 1e-9))
+                tiers.append(lp.column(penalty * max(ev.weight, 1.0) * fairness, 0.0, b - a))
         shortfall_columns.append(tiers)
         lp.row({**{int(c): 1.0 for c in columns[stay]}, **{c: 1.0 for c in tiers}}, request, request)
 
@@ -376,7 +376,8 @@ def plan(problem: PlanProblem, time_limit_s: float | None = None) -> Plan:
     return Plan(
         boundaries=tuple(edges.tolist()),
         ev_kwh=ev_kwh,
-        shortfall_kwh={ev.key: float(sum(solution[c] for c in tiers)) for ev, tiers in zip(problem.evs, shortfall_columns)},
+        shortfall_kwh={ev.key: float(sum(solution[c] for c in tiers))
+                       for ev, tiers in zip(problem.evs, shortfall_columns)},
         battery_kwh=battery_kwh,
         import_kwh=tuple(imported.tolist()),
         export_kwh=tuple(exported.tolist()),
